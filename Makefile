@@ -1,0 +1,48 @@
+# Quick start: `make demo` trains and tests a compressed SR model; `make test` runs the test suite.
+# Both create .venv and install what they need on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYTHONUNBUFFERED := 1
+
+# The demo's budget (about 3 minutes on 2 CPU cores).
+DEMO_ARGS_TRAIN ?= --nEpochs 4 --iters_per_epoch 60
+DEMO_ARGS_TEST ?=
+
+.PHONY: demo test test-slow setup setup-dev example lint clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@command -v dot >/dev/null 2>&1 || { (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -q graphviz >/dev/null 2>&1) \
+	  && echo "installed Graphviz (dot) for model drawings" \
+	  || echo "note: Graphviz 'dot' is not installed and could not be installed here; model drawings will be written as .dot files (install graphviz to get PNGs)"; }
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+setup-dev: $(VENV)/.installed-dev
+
+demo: $(VENV)/.installed
+	$(PY) train.py --optform=SR --compress=schedules/sr/agp_prune.yaml --save demo $(DEMO_ARGS_TRAIN)
+	$(PY) test.py --optform=SR --model=checkpoints/demo/best.pth $(DEMO_ARGS_TEST)
+
+example: $(VENV)/.installed
+	$(PY) examples/own_training_loop.py
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m slow
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf logs checkpoints results .pytest_cache

@@ -1,0 +1,246 @@
+"""Building a CompressionScheduler from a schedule: check everything first, then change the model."""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ScheduleError, did_you_mean
+from .lr_schedulers import LRSchedulerStep
+from .masks import MaskStore
+from .policy import Context, Policy, Timing
+from .pruning.groups import GroupResolver, LocalGroups
+from .registry import SECTIONS, build
+from .schedule_source import KeyPath, ScheduleSource, read_schedule
+from .scheduler import CompressionScheduler
+
+log = logging.getLogger(__name__)
+
+TOP_LEVEL = ("version", *SECTIONS, "policies")
+POLICY_KINDS = {kind: section for section, (kind, _) in SECTIONS.items()}
+TIMING_KEYS = ("starting_epoch", "ending_epoch", "frequency", "epochs")
+#: Policy `args` each kind accepts, with their types.
+POLICY_ARGS: dict[str, dict[str, type]] = {
+    "pruner": {"mini_batch_pruning_frequency": int, "mask_gradients": bool},
+    "lr_scheduler": {"metric": str},
+}
+
+
+def file_config(model: nn.Module, optimizer: torch.optim.Optimizer | None, path: str | Path, *,
+                dummy_input: torch.Tensor | None = None) -> CompressionScheduler:
+    """Build a CompressionScheduler from a YAML schedule file (see DESIGN.md §3)."""
+    return _config(model, optimizer, read_schedule(path), dummy_input)
+
+
+def dict_config(model: nn.Module, optimizer: torch.optim.Optimizer | None, schedule: dict[str, Any], *,
+                dummy_input: torch.Tensor | None = None, name: str | None = None) -> CompressionScheduler:
+    """Build a CompressionScheduler from a schedule already loaded as a dict."""
+    return _config(model, optimizer, ScheduleSource(copy.deepcopy(schedule), name or "<schedule dict>"), dummy_input)
+
+
+def group_resolver(model: nn.Module, dummy_input: torch.Tensor | None) -> GroupResolver:
+    """Channel groups for structured pruning: traced from the graph when an input is given, else per module."""
+    if dummy_input is None:
+        return LocalGroups(model)
+    from .thinning.graph import TracedGroups
+
+    return TracedGroups(model, dummy_input)
+
+
+def _mapping(src: ScheduleSource, value: Any, path: KeyPath, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise src.error(path, f"expected {what} (a mapping), got {type(value).__name__}")
+    return value
+
+
+def _check_top_level(src: ScheduleSource) -> dict[str, Any]:
+    data = src.data
+    if data is None:
+        raise src.error((), "the schedule is empty", hint="see schedules/examples/ for complete schedules")
+    if not isinstance(data, dict):
+        raise src.error((), f"a schedule is a mapping of sections, got {type(data).__name__}")
+    for key in data:
+        if key not in TOP_LEVEL:
+            hint = did_you_mean(str(key), TOP_LEVEL) or f"sections: {', '.join(TOP_LEVEL)}"
+            raise src.error((key,), f"unknown section '{key}'", hint=hint)
+    if "version" in data and data["version"] != 1:
+        raise src.error(("version",), f"unsupported schedule version {data['version']!r}", hint="use version: 1")
+    return data
+
+
+def _build_components(src: ScheduleSource, data: dict, model: nn.Module,
+                      optimizer: torch.optim.Optimizer | None) -> dict[str, dict[str, Any]]:
+    """Every declared component by section and instance name (LR schedulers only checked without optimizer)."""
+    built: dict[str, dict[str, Any]] = {}
+    for section, (kind, registry) in SECTIONS.items():
+        built[section] = {}
+        for instance, cfg in _mapping(src, data.get(section), (section,), f"{kind} definitions").items():
+            path = (section, instance)
+            construct = not (kind == "lr_scheduler" and optimizer is None)
+            built[section][instance] = build(cfg, registry, source=src, path=path, name=str(instance),
+                                             model=model, optimizer=optimizer, construct=construct)
+    return built
+
+
+def _check_weights(src: ScheduleSource, built: dict[str, dict[str, Any]], params: dict[str, nn.Parameter]) -> None:
+    for section in ("pruners", "regularizers"):
+        for instance, component in built[section].items():
+            for weight, rel in getattr(component, "referenced_weights", list)():
+                if weight in params:
+                    continue
+                near = did_you_mean(weight, params)
+                hint = (f"{near + ' ' if near else ''}list the model's names with "
+                        "[n for n, _ in model.named_parameters()]")
+                raise src.error((section, instance, *rel),
+                                f"the model has no parameter '{weight}'", hint=hint)
+
+
+def _timing(src: ScheduleSource, item: dict, path: KeyPath, minibatch_frequency: int | None) -> Timing:
+    def integer(key: str, minimum: int) -> int:
+        value = item[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise src.error(path + (key,), f"{key} must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    if "epochs" in item:
+        clash = [k for k in ("starting_epoch", "ending_epoch", "frequency") if k in item]
+        if clash:
+            raise src.error(path + (clash[0],), f"give either 'epochs' or '{clash[0]}', not both")
+        epochs = item["epochs"]
+        if not isinstance(epochs, list) or not epochs or any(
+                isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in epochs):
+            raise src.error(path + ("epochs",), f"epochs must be a non-empty list of integers >= 0, got {epochs!r}")
+        if len(set(epochs)) != len(epochs):
+            raise src.error(path + ("epochs",), f"epochs lists an epoch twice: {epochs}")
+        return Timing(tuple(sorted(epochs)), minibatch_frequency)
+    if "starting_epoch" not in item or "ending_epoch" not in item:
+        missing = "starting_epoch" if "starting_epoch" not in item else "ending_epoch"
+        raise src.error(path, f"policy has no '{missing}'",
+                        hint="give starting_epoch and ending_epoch (and optionally frequency), or epochs: [..]")
+    start, end = integer("starting_epoch", 0), integer("ending_epoch", 0)
+    frequency = integer("frequency", 1) if "frequency" in item else 1
+    if end <= start:
+        raise src.error(path + ("ending_epoch",), f"ending_epoch {end} must be after starting_epoch {start}",
+                        hint="ending_epoch is exclusive: starting_epoch 0, ending_epoch 10 runs epochs 0..9")
+    return Timing.from_range(start, end, frequency, minibatch_frequency)
+
+
+def _policy_args(src: ScheduleSource, kind: str, args: Any, path: KeyPath) -> dict[str, Any]:
+    args = _mapping(src, args, path, "policy arguments")
+    accepted = POLICY_ARGS.get(kind, {})
+    for key, value in args.items():
+        if key not in accepted:
+            hint = did_you_mean(str(key), accepted) or (
+                f"{kind} policies take: {', '.join(accepted)}" if accepted else f"{kind} policies take no args")
+            raise src.error(path + (key,), f"unknown {kind} policy argument '{key}'", hint=hint)
+        tp = accepted[key]
+        ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+        if not ok or (tp is int and value < 1):
+            raise src.error(path + (key,), f"{key} must be {'an integer >= 1' if tp is int else tp.__name__}, "
+                            f"got {value!r}")
+    return args
+
+
+def _build_policies(src: ScheduleSource, data: dict, built: dict[str, dict[str, Any]]) -> list[Policy]:
+    items = data.get("policies")
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise src.error(("policies",), "policies must be a list (each item starts with '- ')")
+    policies = []
+    for i, item in enumerate(items):
+        path: KeyPath = ("policies", i)
+        if not isinstance(item, dict):
+            raise src.error(path, f"a policy is a mapping, got {item!r}")
+        kinds = [k for k in item if k in POLICY_KINDS]
+        for key in item:
+            if key not in POLICY_KINDS and key not in TIMING_KEYS:
+                hint = did_you_mean(str(key), [*POLICY_KINDS, *TIMING_KEYS])
+                raise src.error(path + (key,), f"unknown policy key '{key}'",
+                                hint=hint or f"a policy has one of {', '.join(POLICY_KINDS)} and its timing")
+        if len(kinds) != 1:
+            raise src.error(path, f"a policy names exactly one of {', '.join(POLICY_KINDS)}; found "
+                            f"{', '.join(kinds) or 'none'}")
+        kind = kinds[0]
+        section = POLICY_KINDS[kind]
+        ref = _mapping(src, item[kind], path + (kind,), f"the {kind} reference")
+        for key in ref:
+            if key not in ("instance_name", "args"):
+                raise src.error(path + (kind, key), f"unknown key '{key}'",
+                                hint="a policy's component takes instance_name and optionally args")
+        instance = ref.get("instance_name")
+        if instance is None:
+            raise src.error(path + (kind,), "missing instance_name",
+                            hint=f"name one of the {section}: {', '.join(map(str, built[section])) or 'none defined'}")
+        if instance not in built[section]:
+            elsewhere = [s for s, comps in built.items() if instance in comps]
+            hint = (f"'{instance}' is defined under {elsewhere[0]}, not {section}" if elsewhere else
+                    did_you_mean(str(instance), map(str, built[section]))
+                    or f"defined {section}: {', '.join(map(str, built[section])) or 'none'}")
+            raise src.error(path + (kind, "instance_name"), f"instance_name '{instance}' is not defined in {section}",
+                            hint=hint)
+        args = _policy_args(src, kind, ref.get("args"), path + (kind, "args"))
+        timing = _timing(src, item, path, args.get("mini_batch_pruning_frequency"))
+        component = built[section][instance]
+        if kind == "lr_scheduler" and component is not None:
+            component = LRSchedulerStep(component, args.get("metric", "loss"))
+        policies.append(Policy(kind, str(instance), component, timing, args))
+    return policies
+
+
+def _check_conflicts(src: ScheduleSource, policies: list[Policy], ctx: Context) -> None:
+    """Two pruning policies may not act on the same tensor in the same epoch."""
+    claimed: dict[str, tuple[int, set[int]]] = {}
+    for i, policy in enumerate(policies):
+        if policy.kind != "pruner":
+            continue
+        try:
+            names = policy.component.pruned_params(ctx)
+        except ValueError as exc:
+            raise src.error(("pruners", policy.instance_name), str(exc)) from None
+        epochs = set(policy.timing.epochs)
+        for name in sorted(names):
+            if name in claimed and claimed[name][1] & epochs:
+                j, other = claimed[name]
+                both = sorted(other & epochs)
+                raise src.error(("policies", i), f"policies {j} and {i} both prune '{name}' in epoch {both[0]}"
+                                f"{' and others' if len(both) > 1 else ''}",
+                                hint="give each tensor one pruner at a time: make their epochs disjoint")
+            claimed[name] = (i, claimed.get(name, (i, set()))[1] | epochs)
+
+
+def _config(model: nn.Module, optimizer: torch.optim.Optimizer | None, src: ScheduleSource,
+            dummy_input: torch.Tensor | None) -> CompressionScheduler:
+    data = _check_top_level(src)
+    masks = MaskStore(model)
+    built = _build_components(src, data, model, optimizer)
+    _check_weights(src, built, masks.params)
+    policies = _build_policies(src, data, built)
+    ctx = Context(model, optimizer, masks, group_resolver(model, dummy_input), dummy_input)
+    _check_conflicts(src, policies, ctx)
+    used = {(POLICY_KINDS[p.kind], p.instance_name) for p in policies}
+    for section, comps in built.items():
+        for instance in comps:
+            if (section, str(instance)) not in used:
+                log.warning("%s: %s '%s' is defined but no policy uses it", src.name, section[:-1], instance)
+    for policy in policies:
+        if policy.kind == "pruner" and policy.args.get("mask_gradients"):
+            for name in sorted(policy.component.pruned_params(ctx)):
+                masks.mask_gradients(name)
+    # Only now, with the whole schedule checked, may components change the model.
+    prepared: set[int] = set()
+    for policy in policies:
+        if policy.component is not None and id(policy.component) not in prepared:
+            prepared.add(id(policy.component))
+            policy.component.prepare(ctx)
+    masks.refresh()
+    return CompressionScheduler(ctx, [p for p in policies if p.component is not None], data)
+
+
+__all__ = ["ScheduleError", "dict_config", "file_config", "group_resolver"]

@@ -1,0 +1,104 @@
+"""What to prune: criteria that turn an amount (a sparsity level or a threshold) into masks.
+
+A criterion knows nothing about time; a level schedule (compress.pruning.levels) says how much,
+a policy's timing says when. Masks are returned per parameter name, so a structured criterion can
+mask every member of a coupled channel group at once.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..policy import Context
+from .groups import ChannelGroup, Kind, group_importance, group_mask, leader_group
+
+#: Added before flooring so that e.g. 0.29 * 100 prunes 29 elements, not 28.
+_EPS = 1e-9
+
+
+def count_to_prune(level: float, n: int) -> int:
+    """floor(level * n): the number of elements or groups a sparsity level prunes (never all of them)."""
+    return min(int(math.floor(level * n + _EPS)), max(n - 1, 0)) if level > 0 else 0
+
+
+def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the k lowest scores (ties broken by position, so the count is exact)."""
+    out = torch.zeros(scores.numel(), dtype=torch.bool)
+    if k > 0:
+        out[torch.argsort(scores.flatten(), stable=True)[:k]] = True
+    return out.view(scores.shape)
+
+
+def magnitude_level_mask(weight: torch.Tensor, level: float, current: torch.Tensor | None = None) -> torch.Tensor:
+    """Mask pruning exactly floor(level * numel) elements of smallest magnitude.
+
+    Elements already masked rank lowest, so a rising level only ever adds to them.
+    """
+    scores = weight.detach().abs().to(torch.float64)
+    if current is not None:
+        scores = torch.where(current.bool(), scores, torch.full_like(scores, -1.0))
+    return (~lowest(scores, count_to_prune(level, weight.numel()))).to(weight.dtype)
+
+
+class Criterion:
+    """Turns an amount into {param name: mask} for one target."""
+
+    def masks(self, ctx: Context, params: Sequence[str], amount: float) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class MagnitudeLevel(Criterion):
+    """Element-wise: prune the smallest-magnitude fraction `amount` of each tensor."""
+
+    def masks(self, ctx: Context, params: Sequence[str], amount: float) -> dict[str, torch.Tensor]:
+        return {p: magnitude_level_mask(ctx.masks.params[p], amount, ctx.masks.masks.get(p)) for p in params}
+
+
+@dataclass(frozen=True)
+class MagnitudeThreshold(Criterion):
+    """Element-wise: prune |w| <= amount (Distiller's MagnitudeParameterPruner)."""
+
+    def masks(self, ctx: Context, params: Sequence[str], amount: float) -> dict[str, torch.Tensor]:
+        return {p: (ctx.masks.params[p].detach().abs() > amount).to(ctx.masks.params[p].dtype) for p in params}
+
+
+@dataclass(frozen=True)
+class StdThreshold(Criterion):
+    """Element-wise: prune |w| <= amount * std(w) (Distiller's SensitivityPruner)."""
+
+    def masks(self, ctx: Context, params: Sequence[str], amount: float) -> dict[str, torch.Tensor]:
+        out = {}
+        for p in params:
+            w = ctx.masks.params[p].detach()
+            out[p] = (w.abs() > w.std() * amount).to(w.dtype)
+        return out
+
+
+@dataclass(frozen=True)
+class RankedStructures(Criterion):
+    """Structured: rank the channels of a coupled group by L1 or L2 norm and prune the lowest fraction.
+
+    `params` is one weight, or with `leader` several weights ranked by the first one's norms.
+    """
+
+    p: Literal[1, 2]
+    kind: Kind
+    leader: bool = False
+
+    def group(self, ctx: Context, params: Sequence[str]) -> ChannelGroup:
+        """The coupled group the target's channels belong to."""
+        if self.leader:
+            return leader_group(ctx.groups, params, self.kind)
+        return ctx.groups.group(params[0], self.kind)
+
+    def masks(self, ctx: Context, params: Sequence[str], amount: float) -> dict[str, torch.Tensor]:
+        group = self.group(ctx, params)
+        scores = group_importance(group, ctx.masks.params, self.p)
+        keep = ~lowest(scores, count_to_prune(amount, group.size))
+        shapes = {n: ctx.masks.params[n].shape for n in group.params}
+        return group_mask(group, keep, shapes)

@@ -1,0 +1,1 @@
+"""Quantization-aware training and post-training quantization (registers the quantizer classes)."""

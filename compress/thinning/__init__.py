@@ -1,0 +1,1 @@
+"""Thinning: physically removing pruned filters and channels (registers the thinning extensions)."""

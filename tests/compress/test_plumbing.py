@@ -1,0 +1,204 @@
+"""Registries, the builder, policy kinds and hook calls, tested with components registered here."""
+import pytest
+import torch
+
+import compress
+from compress import EXTENSIONS, QUANTIZERS, Component, ScheduleError
+from compress.registry import Registry, build, matches
+from compress.schedule_source import ScheduleSource
+
+from .nets import Plain, sgd
+
+CALLS: list[tuple] = []
+
+
+@EXTENSIONS.register("RecordingExtension")
+@QUANTIZERS.register("RecordingQuantizer")
+class Recorder(Component):
+    """Records every hook call; counts prepare() calls; keeps a counter as state."""
+
+    def __init__(self, tag: str, bits: int | None = 8, name: str | None = None, model=None, optimizer=None):
+        self.tag, self.bits, self.name, self.model, self.optimizer = tag, bits, name, model, optimizer
+        self.count = 0
+        self.prepared = 0
+
+    def prepare(self, ctx):
+        self.prepared += 1
+
+    def _record(self, hook, step):
+        self.count += 1
+        CALLS.append((self.tag, hook, step.epoch, step.minibatch))
+
+    def on_epoch_begin(self, ctx, step, timing):
+        self._record("on_epoch_begin", step)
+
+    def on_minibatch_begin(self, ctx, step, timing):
+        self._record("on_minibatch_begin", step)
+
+    def before_backward_pass(self, ctx, step, timing):
+        self._record("before_backward_pass", step)
+        return {f"{self.tag}_term": torch.tensor(0.5)}
+
+    def before_parameter_optimization(self, ctx, step, timing):
+        self._record("before_parameter_optimization", step)
+
+    def on_minibatch_end(self, ctx, step, timing):
+        self._record("on_minibatch_end", step)
+
+    def on_epoch_end(self, ctx, step, timing):
+        self._record("on_epoch_end", step)
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, state):
+        self.count = state["count"]
+
+
+SCHEDULE = {
+    "quantizers": {"q": {"class": "RecordingQuantizer", "tag": "q", "bits": 4}},
+    "extensions": {"x": {"class": "RecordingExtension", "tag": "x"}},
+    "policies": [{"quantizer": {"instance_name": "q"}, "starting_epoch": 1, "ending_epoch": 3},
+                 {"extension": {"instance_name": "x"}, "epochs": [2]}],
+}
+
+
+def loop(sched, epochs, batches=2):
+    for e in range(epochs):
+        sched.on_epoch_begin(e)
+        for i in range(batches):
+            sched.on_minibatch_begin(e, i, batches)
+            sched.before_backward_pass(e, i, batches, torch.tensor(1.0))
+            sched.before_parameter_optimization(e, i, batches)
+            sched.on_minibatch_end(e, i, batches)
+        sched.on_epoch_end(e)
+
+
+def test_components_get_injected_args_are_prepared_once_and_called_in_their_epochs():
+    CALLS.clear()
+    model = Plain()
+    opt = sgd(model)
+    sched = compress.dict_config(model, opt, SCHEDULE)
+    q = sched.policies[0].component
+    assert (q.name, q.bits, q.model, q.optimizer, q.prepared) == ("q", 4, model, opt, 1)
+    loop(sched, 4)
+    assert {c[2] for c in CALLS if c[0] == "q"} == {1, 2}
+    assert {c[2] for c in CALLS if c[0] == "x"} == {2}
+    hooks = [c[1] for c in CALLS if c[0] == "x"]
+    assert hooks == ["on_epoch_begin"] + ["on_minibatch_begin", "before_backward_pass",
+                                          "before_parameter_optimization", "on_minibatch_end"] * 2 + ["on_epoch_end"]
+    total, parts = sched.before_backward_pass(2, 0, 1, torch.tensor(1.0), return_loss_components=True)
+    assert parts.keys() == {"q_term", "x_term"} and total.item() == 2.0
+
+
+def test_component_state_round_trip_through_scheduler():
+    model = Plain()
+    sched = compress.dict_config(model, sgd(model), SCHEDULE)
+    loop(sched, 3)
+    state = sched.state_dict()
+    assert state["policies"]["quantizer:q"] == {"count": 20} and state["policies"]["extension:x"] == {"count": 10}
+    other = compress.dict_config(Plain(), None, SCHEDULE)
+    other.load_state_dict(state)
+    assert other.policies[0].component.count == 20
+
+
+def test_state_of_another_schedule_is_refused():
+    model = Plain()
+    sched = compress.dict_config(model, sgd(model), SCHEDULE)
+    state = sched.state_dict()
+    state["policies"]["pruner:ghost"] = {}
+    with pytest.raises(ValueError, match="policies this schedule lacks: \\['pruner:ghost'\\]"):
+        sched.load_state_dict(state)
+
+
+def test_builder_rejects_unknown_and_injected_kwargs_and_checks_types():
+    src = ScheduleSource({}, "s.yaml")
+    for cfg, message in [({"class": "RecordingQuantizer", "tag": "a", "model": 1}, "unknown argument 'model'"),
+                         ({"class": "RecordingQuantizer", "tag": "a", "bitz": 2}, "did you mean 'bits'?"),
+                         ({"class": "RecordingQuantizer", "tag": 3}, "tag must be str, got 3"),
+                         ({"class": "RecordingQuantizer", "tag": "a", "bits": True}, "bits must be int or null"),
+                         ({"class": "RecordingQuantizer"}, "missing required argument 'tag'"),
+                         ({"tag": "a"}, "missing 'class'"),
+                         ({"class": "Nope"}, "valid quantizer classes:")]:
+        with pytest.raises(ScheduleError, match=message.replace("(", "\\(").replace("?", "\\?")):
+            build(cfg, QUANTIZERS, source=src, path=("quantizers", "q"))
+    made = build({"class": "RecordingQuantizer", "tag": "a", "bits": None}, QUANTIZERS, source=src,
+                 path=("quantizers", "q"), name="q")
+    assert made.bits is None and made.name == "q"
+
+
+def test_registry_decorator_and_duplicates():
+    reg = Registry("widget")
+
+    @reg.register()
+    def Widget(size: int):
+        return size
+
+    assert "Widget" in reg and reg.names() == ["Widget"]
+    with pytest.raises(KeyError, match="already registered"):
+        reg.add("Widget", Widget)
+
+
+@pytest.mark.parametrize("value,tp,ok", [(1, float, True), (True, float, False), (1.5, int, False),
+                                         ([1, 2], list[int], True), ([1, "a"], list[int], False),
+                                         ({"a": 0.1}, dict[str, float], True), (None, int | None, True),
+                                         ("3D", "Literal", None)])
+def test_matches(value, tp, ok):
+    if ok is None:
+        from typing import Literal
+        assert matches(value, Literal["3D", "Channels"]) and not matches("2D", Literal["3D", "Channels"])
+    else:
+        assert matches(value, tp) is ok
+
+
+def test_every_torch_lr_scheduler_is_registered():
+    from torch.optim import lr_scheduler
+    for name in ("StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts",
+                 "CyclicLR", "OneCycleLR", "ReduceLROnPlateau", "LinearLR", "ConstantLR", "PolynomialLR",
+                 "LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler"):
+        assert name in compress.LR_SCHEDULERS, name
+        assert hasattr(lr_scheduler, name)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+def test_lr_policy_steps_at_scheduled_epoch_ends_and_plateau_uses_metrics():
+    model = Plain()
+    opt = sgd(model)
+    sched = compress.dict_config(model, opt, {
+        "lr_schedulers": {"lr": {"class": "MultiStepLR", "milestones": [1, 2], "gamma": 0.5}},
+        "policies": [{"lr_scheduler": {"instance_name": "lr"}, "starting_epoch": 0, "ending_epoch": 2}]})
+    lrs = []
+    for e in range(4):
+        sched.on_epoch_begin(e, opt)
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.on_epoch_end(e, opt)
+    assert lrs == [0.05, 0.025, 0.0125, 0.0125]  # stepped after epochs 0 and 1 only
+
+    opt = sgd(model)
+    sched = compress.dict_config(model, opt, {
+        "lr_schedulers": {"lr": {"class": "ReduceLROnPlateau", "patience": 0, "factor": 0.1}},
+        "policies": [{"lr_scheduler": {"instance_name": "lr", "args": {"metric": "val_loss"}},
+                      "starting_epoch": 0, "ending_epoch": 5}]})
+    for e, loss in enumerate([1.0, 2.0]):
+        sched.on_epoch_end(e, opt, metrics={"val_loss": loss})
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.005)
+    with pytest.raises(ValueError, match="needs on_epoch_end"):
+        sched.on_epoch_end(2, opt)
+
+
+def test_lr_scheduler_is_checked_but_skipped_without_optimizer():
+    sched = compress.dict_config(Plain(), None, {
+        "lr_schedulers": {"lr": {"class": "StepLR", "step_size": 2}},
+        "policies": [{"lr_scheduler": {"instance_name": "lr"}, "starting_epoch": 0, "ending_epoch": 5}]})
+    assert sched.policies == []
+    with pytest.raises(ScheduleError, match="unknown argument 'step'"):
+        compress.dict_config(Plain(), None, {"lr_schedulers": {"lr": {"class": "StepLR", "step": 2}}})
+
+
+def test_data_parallel_prefix_is_ignored():
+    model = torch.nn.DataParallel(Plain())
+    sched = compress.dict_config(model, sgd(model), {
+        "pruners": {"p": {"class": "SparsityLevelParameterPruner", "levels": {"conv2.weight": 0.5}}},
+        "policies": [{"pruner": {"instance_name": "p"}, "epochs": [0]}]})
+    sched.on_epoch_begin(0)
+    assert float((model.module.conv2.weight == 0).float().mean()) == 0.5

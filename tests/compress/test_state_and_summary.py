@@ -1,0 +1,62 @@
+"""State round trips of each stateful object, and the sparsity summary."""
+import math
+
+import pandas as pd
+import torch
+
+import compress
+from compress.masks import MaskStore
+
+from .nets import Plain, sgd
+
+
+def test_mask_store_round_trip():
+    model = Plain()
+    store = MaskStore(model)
+    mask = (torch.rand_like(model.conv2.weight) > 0.5).float()
+    store.set("conv2.weight", mask)
+    store.mask_gradients("conv2.weight")
+    state = store.state_dict()
+    other = MaskStore(Plain())
+    other.load_state_dict(state)
+    assert torch.equal(other.masks["conv2.weight"], mask)
+    assert torch.equal(other.params["conv2.weight"] * (1 - mask), torch.zeros_like(mask))
+    assert state["grad_masked"] == ["conv2.weight"] == other.state_dict()["grad_masked"]
+    assert all(isinstance(v, torch.Tensor) for v in state["masks"].values())
+
+
+def test_pruner_state_round_trip():
+    model = Plain()
+    sched = compress.dict_config(model, sgd(model), {
+        "pruners": {"p": {"class": "AutomatedGradualPruner", "initial_sparsity": 0.1, "final_sparsity": 0.5,
+                          "weights": ["conv1.weight"]}},
+        "policies": [{"pruner": {"instance_name": "p"}, "starting_epoch": 0, "ending_epoch": 3}]})
+    sched.on_epoch_begin(1)
+    pruner = sched.policies[0].component
+    state = pruner.state_dict()
+    assert state == {"last_levels": {"conv1.weight": 0.5 + (0.1 - 0.5) * 0.5 ** 3}}
+    other = compress.dict_config(Plain(), None, sched.schedule).policies[0].component
+    other.load_state_dict(state)
+    assert other.state_dict() == state
+
+
+def test_sparsity_summary_columns_values_and_total():
+    model = Plain()
+    with torch.no_grad():
+        model.conv2.weight[:2] = 0  # 2 of 8 filters
+        model.conv2.weight[:, 5] = 0  # 1 of 8 input channels
+    df = compress.sparsity_summary(model)
+    assert isinstance(df, pd.DataFrame)
+    for column in ("Name", "Shape", "NNZ (dense)", "NNZ (sparse)", "Fine (%)", "Filters/3D (%)", "Channels (%)",
+                   "Rows (%)", "Cols (%)", "Std", "Mean", "Abs-Mean"):
+        assert column in df.columns
+    row = df.set_index("Name").loc["conv2.weight"]
+    zeros = 2 * 72 + 6 * 9
+    assert row["NNZ (dense)"] == 576 and row["NNZ (sparse)"] == 576 - zeros
+    assert row["Fine (%)"] == 100 * zeros / 576
+    assert row["Filters/3D (%)"] == 25.0 and row["Channels (%)"] == 12.5
+    assert list(df["Name"]) == ["conv1.weight", "conv2.weight", "conv3.weight", "Total"]
+    total = df.iloc[-1]
+    assert total["NNZ (dense)"] == 72 + 576 + 72
+    assert math.isclose(total["Fine (%)"], 100 * zeros / 720)
+    assert compress.model_sparsity(model) == total["Fine (%)"]
