@@ -64,6 +64,16 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _literals(tp: Any) -> list[Any]:
+    """The values a Literal (possibly inside a Union) allows."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        return list(get_args(tp))
+    if origin in (Union, types.UnionType):
+        return [v for a in get_args(tp) for v in _literals(a)]
+    return []
+
+
 def matches(value: Any, tp: Any) -> bool:
     """Whether a plain YAML value fits a type hint (int accepted for float; bool never for numbers)."""
     if tp is Any or tp is inspect.Parameter.empty:
@@ -139,8 +149,10 @@ def build(cfg: dict[str, Any], registry: Registry, *, source: ScheduleSource, pa
             raise source.error(path + (key,), f"unknown argument '{key}' for {class_name}", hint=hint)
         tp = hints.get(key, params[key].annotation if key in params else Any)
         if not matches(value, tp):
+            choices = [a for a in _literals(tp) if isinstance(a, str)]
+            hint = did_you_mean(value, choices) if isinstance(value, str) and choices else None
             raise source.error(path + (key,),
-                               f"{class_name}.{key} must be {_type_name(tp)}, got {value!r}")
+                               f"{class_name}.{key} must be {_type_name(tp)}, got {value!r}", hint=hint)
         kwargs[key] = value
     for name, param in params.items():
         if name in INJECTED:

@@ -254,3 +254,17 @@ def test_dict_config_errors_name_the_dict():
     model = Plain()
     with pytest.raises(ScheduleError, match=r"<schedule dict>.*unknown section 'pruner'"):
         compress.dict_config(model, sgd(model), {"pruner": {}})
+
+
+def test_wrong_choice_suggests_the_closest(tmp_path):
+    refuse(tmp_path, """\
+        pruners:
+          f:
+            class: L1RankedStructureParameterPruner
+            group_type: Filter
+            desired_sparsity: 0.5
+            weights: [conv2.weight]
+        policies:
+          - pruner: {instance_name: f}
+            epochs: [0]
+        """, "line 4", "pruners.f.group_type", "must be '3D' or 'Filters'", "did you mean 'Filters'?")
