@@ -164,6 +164,11 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def _trace(model: nn.Module, dummy_input: Any, opaque: set[str]) -> fx.GraphModule:
     tracer = _Tracer(opaque)
     try:
@@ -171,25 +176,24 @@ def _trace(model: nn.Module, dummy_input: Any, opaque: set[str]) -> fx.GraphModu
     except Exception as exc:
         where = f"module '{tracer.failed_in}' ({type(model.get_submodule(tracer.failed_in)).__name__})" \
             if tracer.failed_in else f"the forward() of {type(model).__name__}"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ThinningError(
-            f"cannot trace the model for thinning: torch.fx failed in {where}: {first}. "
+            f"cannot trace the model for thinning: torch.fx failed in {where} ({_first_line(exc)}). "
             "Thinning needs a forward() without Python control flow that depends on tensor values; "
             "move that logic out, or list the module under the extension's `protected` so it is "
             "kept whole and not traced inside") from None
     gm = fx.GraphModule(model, graph)
     inputs = dummy_input if isinstance(dummy_input, (tuple, list)) else (dummy_input,)
-    was_training = model.training
-    model.eval()
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # BatchNorm must not update its running statistics on the dummy input
     try:
         with torch.no_grad():
             ShapeProp(gm).propagate(*inputs)
     except Exception as exc:
-        raise ThinningError(f"cannot run the model on the dummy input for thinning "
-                            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+        raise ThinningError(f"cannot run the model on the dummy input for thinning ({_first_line(exc)}); "
                             "pass a dummy_input the model accepts, e.g. torch.zeros(1, C, H, W)") from None
     finally:
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     return gm
 
 
@@ -215,8 +219,7 @@ def _arg(node: fx.Node, pos: int, name: str, default: Any = None) -> Any:
 class _Builder:
     """Walks the fx graph once and joins / blocks channel elements."""
 
-    def __init__(self, model: nn.Module, gm: fx.GraphModule, protected: set[str]):
-        self.model = model
+    def __init__(self, gm: fx.GraphModule, protected: set[str]):
         self.gm = gm
         self.protected = protected
         self.uf = _UnionFind()
@@ -501,7 +504,7 @@ def analyse(model: nn.Module, dummy_input: Any, protected: Iterable[str] = ()) -
     if missing:
         raise ThinningError(f"protected layer(s) {missing} are not modules of the model")
     opaque = {n for n in protected if not _is_thinnable(model.get_submodule(n))}
-    builder = _Builder(model, _trace(model, dummy_input, opaque), protected)
+    builder = _Builder(_trace(model, dummy_input, opaque), protected)
     builder.run()
     return builder.result()
 
@@ -560,7 +563,8 @@ class TracedGroups:
             return self._cache[key]
         layer_name, _, local = param.rpartition(".")
         layer = analysis.layers.get(layer_name)
-        if layer is None or local != "weight" or layer.type.startswith(("BatchNorm", "InstanceNorm", "PReLU")):
+        module = unwrap(self.model).get_submodule(layer_name) if layer is not None else None
+        if local != "weight" or not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
             raise ValueError(f"'{param}' is not the weight of a conv or linear layer found when tracing "
                              "the model; only such weights can be pruned by filters or channels")
         source = layer.out_classes if kind == "filters" else layer.in_classes

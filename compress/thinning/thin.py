@@ -193,8 +193,6 @@ def apply_recipe(model: nn.Module, recipe: ThinningStep | Mapping[str, Any] | Se
         planned.append(edits)
     for edits in planned:
         _apply_edits(edits, optimizer, masks)
-    if masks is not None:
-        masks.refresh()
 
 
 def _apply_edits(edits: list[tuple[nn.Module, str, Ops, dict[str, int]]],
@@ -245,16 +243,33 @@ def _zero_in_mask(masks: Mapping[str, torch.Tensor], slot: Slot) -> bool:
     return mask is not None and not bool(mask.select(slot.dim, slot.index).any())
 
 
-def select_classes(analysis: Analysis, masks: Mapping[str, torch.Tensor], kind: Kind) -> list[int]:
-    """Classes whose filters (kind='filters') or input channels ('channels') are all masked to zero."""
+def select_classes(analysis: Analysis, masks: Mapping[str, torch.Tensor], kind: Kind,
+                   params: Mapping[str, torch.Tensor] | None = None) -> list[int]:
+    """Classes the masks zeroed as a whole coupled group.
+
+    kind='filters': every filter of the class is masked and no layer still reads the channel (its
+    input-channel slots are masked or zero); kind='channels': every input-channel slot is masked.
+    A class whose filters are masked while a layer still reads it (the masks missed part of the
+    group, e.g. a following BatchNorm's shift) is left in place with a warning: removing it would
+    change the model's output.
+    """
     role = "filter" if kind == "filters" else "channel"
     chosen = []
     for c in range(analysis.num_classes):
         if c in analysis.blocked:
             continue
-        slots = [s for s in analysis.slots.get(c, []) if s.role == role]
-        if slots and all(_zero_in_mask(masks, s) for s in slots):
-            chosen.append(c)
+        slots = analysis.slots.get(c, [])
+        own = [s for s in slots if s.role == role]
+        if not own or not all(_zero_in_mask(masks, s) for s in own):
+            continue
+        readers = [s for s in slots if s.role == "channel" and not _zero_in_mask(masks, s)
+                   and (params is None or bool(params[s.param].detach().select(s.dim, s.index).any()))]
+        if readers:
+            log.warning("not removing a channel whose filters are masked: '%s' still reads it (index %d of dim %d);"
+                        " mask the whole coupled group (pass dummy_input= so pruners use the traced groups)",
+                        readers[0].param, readers[0].index, readers[0].dim)
+            continue
+        chosen.append(c)
     return chosen
 
 
@@ -300,7 +315,8 @@ def thin(model: nn.Module, dummy_input: Any, masks: Mapping[str, torch.Tensor], 
     On any failure a ThinningError is raised and the model, optimizer and masks are unchanged.
     """
     analysis = analyse(model, dummy_input, protected)
-    step = plan(model, analysis, select_classes(analysis, masks, kind), kind, epoch)
+    params = {canonical(n): p for n, p in unwrap(model).named_parameters()}
+    step = plan(model, analysis, select_classes(analysis, masks, kind, params), kind, epoch)
     if step.layers:
         apply_recipe(model, step, optimizer, mask_store)
     log.info("thinning (%s): removed %d channel group(s), edited %d layer(s)", kind, step.removed, len(step.layers))

@@ -1,0 +1,154 @@
+"""Dense vs 50%-filter-pruned-and-thinned: parameters, MACs and CPU latency (torch and ONNX Runtime).
+
+    python bench/thinning_speed.py [--runs 60] [--threads 1] [--size 128]
+
+Networks: C2SRCNN (the SR app's model, on a 1 x size x size bicubic image) and ResSR, an EDSR-style
+residual network (8 residual blocks of 64 channels, as EDSR-baseline, PixelShuffle x2, on a 1 x size/2 x size/2 input).
+Every conv whose filters can be removed is pruned to half of its coupled group by L1 norm (each
+group once; the residual stream is one group), the masks are applied, and the model is thinned; the
+masked and thinned outputs are compared. Latency: batch 1, torch.inference_mode, `--threads` intra-op
+threads for torch and ORT, warm-up runs first, then `--runs` rounds in which dense and thin run
+alternately (order swapped every round); medians are printed with their ratio next to the MACs ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from apps.sr.models import C2SRCNN  # noqa: E402
+from compress.pruning.criteria import count_to_prune, lowest  # noqa: E402
+from compress.pruning.groups import group_importance, group_mask  # noqa: E402
+from compress.thinning import TracedGroups, count_macs, count_params, thin  # noqa: E402
+
+
+class ResSR(nn.Module):
+    """EDSR-style: head conv, residual blocks (conv-ReLU-conv + skip), body conv + global skip, x2 upsampler."""
+
+    def __init__(self, c: int = 64, blocks: int = 8):
+        super().__init__()
+        self.head = nn.Conv2d(1, c, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+                                                  nn.Conv2d(c, c, 3, padding=1)) for _ in range(blocks))
+        self.body = nn.Conv2d(c, c, 3, padding=1)
+        self.up = nn.Sequential(nn.Conv2d(c, c * 4, 3, padding=1), nn.PixelShuffle(2))
+        self.tail = nn.Conv2d(c, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.head(x)
+        r = h
+        for block in self.blocks:
+            r = r + block(r)
+        return self.tail(self.up(self.body(r) + h))
+
+
+def prune_half_and_thin(model: nn.Module, x: torch.Tensor) -> tuple[float, int]:
+    """L1-prune half of every removable filter group (each once), then thin. Returns (max |diff|, groups)."""
+    resolver = TracedGroups(model, x)
+    params = dict(model.named_parameters())
+    shapes = {n: p.shape for n, p in params.items()}
+    masks: dict[str, torch.Tensor] = {}
+    seen: set[tuple] = set()
+    for name, p in params.items():
+        if p.dim() != 4:
+            continue
+        try:
+            group = resolver.group(name, "filters")
+        except ValueError:
+            continue  # e.g. the output conv
+        key = tuple(sorted((m.param, m.dim, m.index_map) for m in group.members))
+        if key in seen:
+            continue
+        seen.add(key)
+        keep = ~lowest(group_importance(group, params, 1), count_to_prune(0.5, group.size))
+        for n, m in group_mask(group, keep, shapes).items():
+            masks[n] = masks[n] * m if n in masks else m
+    with torch.no_grad():
+        for n, p in params.items():
+            if n in masks:
+                p.mul_(masks[n])
+        masked = model(x)
+        thin(model, x, masks, "filters")
+        diff = (model(x) - masked).abs().max().item()
+    return diff, len(seen)
+
+
+def interleaved(runners: list[Callable[[], object]], runs: int, warmup: int = 5) -> list[float]:
+    """Median seconds per call of each runner, runs alternating (order reversed every other round)."""
+    for _ in range(warmup):
+        for run in runners:
+            run()
+    times: list[list[float]] = [[] for _ in runners]
+    for r in range(runs):
+        order = list(range(len(runners)))[:: 1 if r % 2 == 0 else -1]
+        for i in order:
+            t0 = time.perf_counter()
+            runners[i]()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def ort_session(model: nn.Module, x: torch.Tensor, folder: Path, name: str, threads: int) -> ort.InferenceSession:
+    path = folder / f"{name}.onnx"
+    with warnings.catch_warnings():  # the legacy exporter warns that it is legacy
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["output"], do_constant_folding=True)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def bench(label: str, dense: nn.Module, x: torch.Tensor, runs: int, threads: int, folder: Path) -> None:
+    dense.eval()
+    thin_model = copy.deepcopy(dense)
+    diff, groups = prune_half_and_thin(thin_model, x)
+    p = (count_params(dense), count_params(thin_model))
+    m = (count_macs(dense, x), count_macs(thin_model, x))
+    with torch.inference_mode():
+        t_torch = interleaved([lambda: dense(x), lambda: thin_model(x)], runs)
+    sessions = [ort_session(mod, x, folder, f"{label}_{i}", threads) for i, mod in enumerate((dense, thin_model))]
+    feed = {"input": x.numpy()}
+    t_ort = interleaved([lambda s=s: s.run(None, feed) for s in sessions], runs)
+    print(f"\n{label}: input {tuple(x.shape)}, {groups} filter groups halved, "
+          f"max |masked - thinned| = {diff:.2e}")
+    print(f"{'':8}{'params':>10}{'MMACs':>10}{'torch ms':>10}{'ORT ms':>10}")
+    print(f"{'dense':8}{p[0]:>10d}{m[0] / 1e6:>10.1f}{t_torch[0] * 1e3:>10.2f}{t_ort[0] * 1e3:>10.2f}")
+    print(f"{'thin':8}{p[1]:>10d}{m[1] / 1e6:>10.1f}{t_torch[1] * 1e3:>10.2f}{t_ort[1] * 1e3:>10.2f}")
+    mr = m[1] / m[0]
+    tr, orr = t_torch[1] / t_torch[0], t_ort[1] / t_ort[0]
+    print(f"{'ratio':8}{p[1] / p[0]:>10.3f}{mr:>10.3f}{tr:>10.3f}{orr:>10.3f}")
+    print(f"latency reduction / MACs reduction: torch {(1 - tr) / (1 - mr):.2f}, ORT {(1 - orr) / (1 - mr):.2f} "
+          "(target >= 0.8)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=60, help="timed rounds per variant (default 60)")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for torch and ORT (default 1)")
+    ap.add_argument("--size", type=int, default=128, help="HR image side in pixels (default 128)")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, threads {args.threads}, runs {args.runs}")
+    with tempfile.TemporaryDirectory() as tmp:
+        bench("C2SRCNN", C2SRCNN(), torch.rand(1, 1, args.size, args.size), args.runs, args.threads, Path(tmp))
+        bench("ResSR", ResSR(), torch.rand(1, 1, args.size // 2, args.size // 2), args.runs, args.threads, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
