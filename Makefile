@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
 # The demo's budget (about 3 minutes on 2 CPU cores).
-DEMO_ARGS_TRAIN ?= --nEpochs 4 --iters_per_epoch 60
+DEMO_ARGS_TRAIN ?= --nEpochs 8 --iters_per_epoch 150 --crop_size 32 --batchSize 16
 DEMO_ARGS_TEST ?=
 
 .PHONY: demo test test-slow setup setup-dev example lint clean

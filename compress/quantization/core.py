@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +51,19 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 def fake_quant(x: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """Map `x` onto `grid` (saturating); the gradient passes straight through."""
-    q = torch.clamp(torch.round(x.detach() / grid.scale) + grid.zero_point, grid.qmin, grid.qmax)
-    y = (q - grid.zero_point) * grid.scale
-    return x + (y - x).detach()
+    """Map `x` onto `grid` (saturating, round half to even) with PyTorch's fused kernels.
+
+    The gradient passes straight through where x lies inside the grid's range, and is zero where it
+    saturates. A per-channel grid has a scale shaped like [C, 1, ...] (or [1, C, ...]).
+    """
+    scale = grid.scale.detach().float()
+    zero_point = grid.zero_point.detach().round().int()
+    if scale.numel() == 1:
+        return torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zero_point.reshape(()),
+                                                     grid.qmin, grid.qmax)
+    axis = next(d for d, n in enumerate(scale.shape) if n > 1)
+    return torch.fake_quantize_per_channel_affine(x, scale.flatten(), zero_point.flatten(), axis,
+                                                  grid.qmin, grid.qmax)
 
 
 def asym_grid(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> Grid:
@@ -67,13 +77,16 @@ def asym_grid(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> Grid:
     return Grid(scale, zero_point, 0, levels)
 
 
-def sym_grid(max_abs: torch.Tensor, bits: int) -> Grid:
-    """Symmetric grid over [-max_abs, max_abs] with 2**bits - 1 levels (q in +-(2**(bits-1) - 1))."""
+def sym_grid(max_abs: torch.Tensor, bits: int, full_range: bool = False) -> Grid:
+    """Symmetric grid: scale = max_abs / (2**(bits-1) - 1), zero point 0, q in +-(2**(bits-1) - 1).
+
+    full_range also allows q = -2**(bits-1) (activations: the whole int8 range, so no extra clip is needed).
+    """
     levels = 2 ** (bits - 1) - 1
     max_abs = max_abs.detach().float()
     scale = max_abs / levels
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return Grid(scale, torch.zeros_like(scale), -levels, levels)
+    return Grid(scale, torch.zeros_like(scale), -levels - int(full_range), levels)
 
 
 def clamp_range(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -145,7 +158,7 @@ class ActQuant(nn.Module):
         """The grid this quantizer maps onto now."""
         lo, hi = self.bounds()
         if self.scheme == "sym":
-            return sym_grid(torch.maximum(lo.detach().abs(), hi.detach().abs()), self.bits)
+            return sym_grid(torch.maximum(lo.detach().abs(), hi.detach().abs()), self.bits, full_range=True)
         return asym_grid(lo, hi, self.bits)
 
     def _observe(self, x: torch.Tensor) -> None:
@@ -203,48 +216,75 @@ class ActQuant(nn.Module):
             return x
         grid = self.grid()
         if self.export_mode:
-            return tag(export_fake_quant(x, grid), grid)
-        lo, hi = self.bounds()
-        if self.mode == "learned":
-            x = clamp_range(x, lo, hi)
-        else:
-            x = clamp_range(x, grid.lo, grid.hi)
+            return tag(export_fake_quant(x, grid, self.clip_range(grid)), grid)
+        if self.mode in ("fixed", "learned"):
+            lo, hi = self.bounds()
+            x = clamp_range(x, lo, hi)  # learned bounds get PACT's gradient here
         return tag(fake_quant(x, grid), grid)
 
+    def clip_range(self, grid: Grid) -> tuple[float, float]:
+        """The values the output can take: the clip (fixed / learned) intersected with the grid."""
+        lo, hi = float(grid.lo), float(grid.hi)
+        if self.mode in ("fixed", "learned"):
+            b_lo, b_hi = self.bounds()
+            lo, hi = max(lo, float(b_lo)), min(hi, float(b_hi))
+        return lo, hi
 
-def export_fake_quant(x: torch.Tensor, grid: Grid) -> torch.Tensor:
+
+def export_fake_quant(x: torch.Tensor, grid: Grid, clip: tuple[float, float]) -> torch.Tensor:
     """The same mapping written with ops the ONNX exporter turns into Clip + QuantizeLinear/DequantizeLinear.
 
-    Activations travel as uint8: a grid with fewer than 256 levels, or a signed one, is shifted into
-    [0, 255] and clipped first, so the exported values are exactly those of training.
+    Activations travel as uint8: the grid is shifted into [0, 255]; when the values it may take (`clip`)
+    are narrower than the uint8 container (fewer bits, or a clip inside the grid) a Clip comes first, so
+    the exported values are exactly those of training.
     """
     levels = grid.qmax - grid.qmin
     if levels > 255:
         raise ValueError(f"an activation grid of {levels + 1} levels does not fit in 8 bits")
     scale = float(grid.scale)
     zp = int(grid.zero_point) - grid.qmin
-    if levels < 255:
-        x = torch.clamp(x, float(grid.lo), float(grid.hi))
-    return torch.fake_quantize_per_tensor_affine(x, scale, zp, 0, 255)
+    container = ((0 - zp) * scale, (255 - zp) * scale)
+    if clip[0] > container[0] + scale / 2 or clip[1] < container[1] - scale / 2:
+        x = torch.clamp(x, clip[0], clip[1])
+    return QuantDequantUint8.apply(x, torch.tensor(scale, dtype=torch.float32),
+                                   torch.tensor(zp, dtype=torch.uint8))
+
+
+class QuantDequantUint8(torch.autograd.Function):
+    """ONNX QuantizeLinear -> DequantizeLinear to uint8, computed as ONNX specifies it (x / scale,
+    round half to even, saturate), so the PyTorch reference and ONNX Runtime agree value for value."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+        zp = zero_point.float()
+        return (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, scale: Any, zero_point: Any) -> Any:
+        return g.op("DequantizeLinear", g.op("QuantizeLinear", x, scale, zero_point), scale, zero_point)
 
 
 class WeightQuant(nn.Module):
     """Fake-quantizes a weight tensor (no state: the range comes from the float weight at each forward).
 
-    dorefa: tanh-normalized to [0, 1], k-bit, mapped to [-1, 1]; 1 bit: sign(w) * mean|w|.
+    dorefa: tanh-normalized to [0, 1], k-bit, mapped to [-1, 1] (times max|w| with keep_scale, so a layer
+            keeps its float magnitude in networks without BatchNorm); 1 bit: sign(w) * mean|w|.
     wrpn:   clipped to [-1, 1], symmetric k-bit.
     linear: symmetric (max |w|) or asymmetric (min..max), per tensor or per output channel.
     Zeros stay exactly zero, so pruned weights remain pruned in the quantized model.
     """
 
-    def __init__(self, bits: int, kind: str, scheme: str = "sym", per_channel: bool = False, axis: int = 0):
+    def __init__(self, bits: int, kind: str, scheme: str = "sym", per_channel: bool = False, axis: int = 0,
+                 keep_scale: bool = False):
         super().__init__()
         if kind not in WEIGHT_KINDS or scheme not in SCHEMES:
             raise ValueError(f"bad WeightQuant configuration kind={kind} scheme={scheme}")
         self.bits, self.kind, self.scheme, self.per_channel, self.axis = bits, kind, scheme, per_channel, axis
+        self.keep_scale = keep_scale
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, kind={self.kind}, scheme={self.scheme}, per_channel={self.per_channel}"
+        return (f"bits={self.bits}, kind={self.kind}, scheme={self.scheme}, per_channel={self.per_channel}, "
+                f"keep_scale={self.keep_scale}")
 
     def _reduce(self, w: torch.Tensor, fn: str) -> torch.Tensor:
         if not self.per_channel:
@@ -264,8 +304,10 @@ class WeightQuant(nn.Module):
                 t = t / (2 * t.detach().abs().max().clamp(min=1e-12)) + 0.5
                 levels = 2 ** k - 1
                 wq = 2 * round_ste(t * levels) / levels - 1
+                if self.keep_scale:
+                    wq = wq * w.detach().abs().max()
         elif self.kind == "wrpn":
-            wq = fake_quant(torch.clamp(w, -1.0, 1.0), sym_grid(torch.tensor(1.0), k))
+            wq = fake_quant(torch.clamp(w, -1.0, 1.0), sym_grid(torch.ones((), device=w.device), k))
         elif self.scheme == "sym":
             wq = fake_quant(w, sym_grid(self._reduce(w.detach().abs(), "max"), k))
         else:
@@ -284,12 +326,14 @@ class WeightQuant(nn.Module):
         channels = wq.shape[axis]
         max_abs = wq.abs().amax(dims)
         k = self.bits
+        device = wq.device
         if self.kind == "dorefa" and k == 1:
-            scale = torch.full((channels,), float(wq.abs().max()))
+            scale = wq.abs().max().expand(channels)
         elif self.kind == "dorefa" and k <= 7:
-            scale = torch.full((channels,), 1.0 / (2 ** k - 1))
+            top = wq.abs().max() if self.keep_scale else torch.ones((), device=device)
+            scale = (top / (2 ** k - 1)).expand(channels)
         elif self.kind == "wrpn" and k <= 8:
-            scale = torch.full((channels,), 1.0 / (2 ** (k - 1) - 1))
+            scale = torch.full((channels,), 1.0 / (2 ** (k - 1) - 1), device=device)
         elif self.kind == "linear" and self.scheme == "sym" and k <= 8:
             levels = 2 ** (k - 1) - 1
             scale = max_abs / levels if self.per_channel else max_abs.max().expand(channels) / levels
@@ -301,6 +345,28 @@ class WeightQuant(nn.Module):
         q = wq / scale.view(shape)
         exact = bool((q - torch.round(q)).abs().max() < 1e-3) and bool(q.abs().max() <= 127.5)
         return scale, exact
+
+
+class DequantizeConst(torch.autograd.Function):
+    """`scale * (q - zero_point)` of an integer constant, exported as one ONNX DequantizeLinear.
+
+    Written as a Function with a symbolic so the ONNX exporter keeps the int8 weight / int32 bias and
+    its DequantizeLinear (plain ops on constants would be folded back into a float tensor).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                axis: int) -> torch.Tensor:
+        shape = [1] * q.dim()
+        if scale.dim() == 1 and q.dim() > 1:
+            shape[axis] = -1
+        else:
+            shape = list(scale.shape)
+        return (q.float() - zero_point.float().view(shape)) * scale.view(shape)
+
+    @staticmethod
+    def symbolic(g: Any, q: Any, scale: Any, zero_point: Any, axis: int) -> Any:
+        return g.op("DequantizeLinear", q, scale, zero_point, axis_i=axis)
 
 
 def quantize_bias(bias: torch.Tensor, in_scale: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
@@ -334,13 +400,12 @@ class QuantLayer:
         w_scale = None
         if self.weight_quant is not None:
             if export:
-                if getattr(self, "_export_weight", None) is None:
+                if getattr(self, "_export_w", None) is None:
                     self.export_exact = self.freeze_for_export(grid)
-                ax = self.weight_axis
-                w = torch.fake_quantize_per_channel_affine(
-                    self._export_weight, self._export_w_scale,
-                    torch.zeros(self._export_w_scale.shape, dtype=torch.int32), ax, -128, 127)
-                return x, w, self._export_bias
+                w = DequantizeConst.apply(*self._export_w, self.weight_axis)
+                if self._export_b is not None:
+                    b = DequantizeConst.apply(*self._export_b, 0)
+                return x, w, b
             w = self.weight_quant(w)
             w_scale, _ = self.weight_quant.int8_grid(w, self.weight_axis)
         if b is not None and self.bias_bits is not None:
@@ -356,19 +421,18 @@ class QuantLayer:
         w_scale, exact = self.weight_quant.int8_grid(wq, self.weight_axis)
         shape = [1] * wq.dim()
         shape[self.weight_axis] = -1
-        wq = torch.clamp(torch.round(wq / w_scale.view(shape)), -127, 127) * w_scale.view(shape)
-        self._export_weight = wq
-        self._export_w_scale = w_scale
+        q = torch.clamp(torch.round(wq / w_scale.view(shape)), -127, 127).to(torch.int8)
+        self._export_w = (q, w_scale, torch.zeros(w_scale.shape, dtype=torch.int8))
+        self._export_b = None
         b = self.bias
-        if b is not None:
+        if b is not None and x_grid is not None:
             b = b.detach()
             if self.bias_bits is not None and self.bias_bits > 0:
                 b = fake_quant(b, sym_grid(b.abs().max(), self.bias_bits))
-            if x_grid is not None:
-                b = quantize_bias(b, x_grid.scale, w_scale)
-            self._export_bias = b
-        else:
-            self._export_bias = None
+            b_scale = (x_grid.scale * w_scale).float()
+            b_scale = torch.where(b_scale > 0, b_scale, torch.ones_like(b_scale))
+            qb = torch.round(b / b_scale).to(torch.int32)
+            self._export_b = (qb, b_scale, torch.zeros(qb.shape, dtype=torch.int32))
         return exact
 
     def _out(self, y: torch.Tensor) -> torch.Tensor:

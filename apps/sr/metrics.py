@@ -1,0 +1,78 @@
+"""PSNR and SSIM as the super-resolution literature reports them.
+
+Both work on the Y channel of BT.601 YCbCr (studio range 16-235) with 8-bit values: outputs are
+clipped to [0, 255] and rounded, `border` pixels (the scale factor) are cropped from every side, and
+SSIM uses an 11x11 Gaussian window (sigma 1.5) with Wang et al.'s constants over the valid region,
+as MATLAB's `ssim_index` and scikit-image's `structural_similarity(gaussian_weights=True,
+use_sample_covariance=False, data_range=255)` do. Scores are computed per image and then averaged.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# MATLAB rgb2ycbcr on 8-bit RGB (values 0..255): Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255
+_Y = np.array([65.481, 128.553, 24.966]) / 255.0
+_CB = np.array([-37.797, -74.203, 112.0]) / 255.0
+_CR = np.array([112.0, -93.786, -18.214]) / 255.0
+_INV = np.linalg.inv(np.stack([_Y, _CB, _CR]))
+
+
+def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """HxWx3 RGB with values 0..255 -> HxWx3 float YCbCr (Y in 16..235, Cb/Cr in 16..240)."""
+    rgb = rgb.astype(np.float64)
+    y = rgb @ _Y + 16.0
+    cb = rgb @ _CB + 128.0
+    cr = rgb @ _CR + 128.0
+    return np.stack([y, cb, cr], axis=-1)
+
+
+def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
+    """Inverse of rgb_to_ycbcr, returned as uint8 RGB (clipped and rounded)."""
+    shifted = ycbcr.astype(np.float64) - np.array([16.0, 128.0, 128.0])
+    return np.clip(np.rint(shifted @ _INV.T), 0, 255).astype(np.uint8)
+
+
+def to_uint8(y: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A network output in [0, 1] (any shape) -> float64 array of 8-bit values (clipped, rounded)."""
+    arr = y.detach().cpu().double().numpy() if torch.is_tensor(y) else np.asarray(y, dtype=np.float64)
+    return np.clip(np.rint(arr * 255.0), 0, 255)
+
+
+def _crop(img: np.ndarray, border: int) -> np.ndarray:
+    return img[border:-border, border:-border] if border > 0 else img
+
+
+def psnr(sr: np.ndarray, hr: np.ndarray, border: int = 0) -> float:
+    """PSNR in dB between two HxW 8-bit-valued images, `border` pixels cropped from each side."""
+    sr64, hr64 = _crop(np.asarray(sr, np.float64), border), _crop(np.asarray(hr, np.float64), border)
+    mse = float(np.mean((sr64 - hr64) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+
+
+def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    ax = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(ax ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def ssim(sr: np.ndarray, hr: np.ndarray, border: int = 0) -> float:
+    """Mean SSIM between two HxW 8-bit-valued images (Gaussian 11x11 window, sigma 1.5, valid region).
+
+    The Gaussian window is separable, so it is applied as an 11x1 then a 1x11 filter (same result as
+    the 2-D window, about five times faster), to x, y, x^2, y^2 and xy in one batch.
+    """
+    x = torch.from_numpy(_crop(np.asarray(sr, np.float64), border).copy())
+    y = torch.from_numpy(_crop(np.asarray(hr, np.float64), border).copy())
+    g = _gaussian_1d()
+    maps = torch.stack([x, y, x * x, y * y, x * y])[:, None]
+    filtered = F.conv2d(F.conv2d(maps, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))[:, 0]
+    mx, my, exx, eyy, exy = filtered
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    sxx, syy, sxy = exx - mx ** 2, eyy - my ** 2, exy - mx * my
+    num = (2 * mx * my + c1) * (2 * sxy + c2)
+    den = (mx ** 2 + my ** 2 + c1) * (sxx + syy + c2)
+    return float((num / den).mean())

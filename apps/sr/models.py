@@ -1,0 +1,121 @@
+"""Super-resolution networks on the Y channel.
+
+C2SRCNN and SRCNN work on the bicubic-upscaled image (pre-upsampling); ESPCN and FSRCNN take the
+low-resolution image and upsample inside the network (post-upsampling). `INPUT_KIND` tells the app
+which tensor a model takes. C2SRCNN's parameter names are fixed by the original design's schedules
+(`mid_part.0.0.weight`, `mid_part.1.weight`, ..., `mid_part.9.0.weight`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, padding=k // 2)
+
+
+class C2SRCNN(nn.Module):
+    """FSRCNN-style body run at HR resolution on the bicubic-upscaled Y image, plus a global residual.
+
+    first_part: 5x5 conv + PReLU; mid_part: 1x1 shrink, four 3x3 convs, 1x1 expand (each with PReLU);
+    last_part: 5x5 conv back to one channel, added to the bicubic input. The last conv starts near
+    zero, so an untrained network already equals bicubic and training only has to learn the detail.
+    """
+
+    INPUT_KIND = "bicubic"
+
+    def __init__(self, num_channels: int = 1, upscale_factor: int = 2, d: int = 56, s: int = 12, m: int = 4):
+        super().__init__()
+        self.upscale_factor = upscale_factor
+        self.first_part = nn.Sequential(_conv(num_channels, d, 5), nn.PReLU(d))
+        mid: list[nn.Module] = [nn.Sequential(_conv(d, s, 1), nn.PReLU(s))]
+        for _ in range(m):
+            mid += [_conv(s, s, 3), nn.PReLU(s)]
+        mid.append(nn.Sequential(_conv(s, d, 1), nn.PReLU(d)))
+        self.mid_part = nn.Sequential(*mid)
+        self.last_part = _conv(d, num_channels, 5)
+        for mod in self.modules():
+            if isinstance(mod, nn.Conv2d):
+                nn.init.kaiming_normal_(mod.weight, a=0.25, nonlinearity="leaky_relu")
+                nn.init.zeros_(mod.bias)
+        nn.init.normal_(self.last_part.weight, std=1e-4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.last_part(self.mid_part(self.first_part(x)))
+
+
+class SRCNN(nn.Module):
+    """Dong et al.'s 9-5-5 SRCNN on the bicubic-upscaled image (zero-padded, so the size is kept)."""
+
+    INPUT_KIND = "bicubic"
+
+    def __init__(self, num_channels: int = 1, upscale_factor: int = 2, n1: int = 64, n2: int = 32):
+        super().__init__()
+        self.upscale_factor = upscale_factor
+        self.conv1 = _conv(num_channels, n1, 9)
+        self.conv2 = _conv(n1, n2, 5)
+        self.conv3 = _conv(n2, num_channels, 5)
+        self.relu = nn.ReLU(inplace=True)
+        nn.init.normal_(self.conv3.weight, std=1e-3)
+        nn.init.zeros_(self.conv3.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv3(self.relu(self.conv2(self.relu(self.conv1(x)))))
+
+
+class ESPCN(nn.Module):
+    """Shi et al.'s efficient sub-pixel network: LR features, then PixelShuffle to HR."""
+
+    INPUT_KIND = "lr"
+
+    def __init__(self, num_channels: int = 1, upscale_factor: int = 2):
+        super().__init__()
+        self.upscale_factor = upscale_factor
+        self.body = nn.Sequential(_conv(num_channels, 64, 5), nn.Tanh(), _conv(64, 32, 3), nn.Tanh(),
+                                  _conv(32, num_channels * upscale_factor ** 2, 3))
+        self.pixel_shuffle = nn.PixelShuffle(upscale_factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pixel_shuffle(self.body(x))
+
+
+class FSRCNN(nn.Module):
+    """Dong et al.'s FSRCNN: LR feature extraction, shrink / map / expand, 9x9 transposed conv to HR."""
+
+    INPUT_KIND = "lr"
+
+    def __init__(self, num_channels: int = 1, upscale_factor: int = 2, d: int = 56, s: int = 12, m: int = 4):
+        super().__init__()
+        self.upscale_factor = upscale_factor
+        self.first_part = nn.Sequential(_conv(num_channels, d, 5), nn.PReLU(d))
+        mid: list[nn.Module] = [nn.Sequential(_conv(d, s, 1), nn.PReLU(s))]
+        for _ in range(m):
+            mid += [_conv(s, s, 3), nn.PReLU(s)]
+        mid.append(nn.Sequential(_conv(s, d, 1), nn.PReLU(d)))
+        self.mid_part = nn.Sequential(*mid)
+        self.last_part = nn.ConvTranspose2d(d, num_channels, 9, stride=upscale_factor, padding=4,
+                                            output_padding=upscale_factor - 1)
+        nn.init.normal_(self.last_part.weight, std=1e-3)
+        nn.init.zeros_(self.last_part.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_part(self.mid_part(self.first_part(x)))
+
+
+MODELS: dict[str, type[nn.Module]] = {"C2SRCNN": C2SRCNN, "ESPCN": ESPCN, "FSRCNN": FSRCNN, "SRCNN": SRCNN}
+
+
+def build_model(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Build architecture `name` (a key of MODELS) with constructor `kwargs`."""
+    if name not in MODELS:
+        raise ValueError(f"unknown SR model '{name}'; valid models: {', '.join(MODELS)}")
+    return MODELS[name](**(kwargs or {}))
+
+
+def input_kind(model: nn.Module) -> str:
+    """'bicubic' when the model takes the bicubic-upscaled image, 'lr' when it takes the LR image."""
+    inner = getattr(model, "module", model)  # DataParallel / DDP
+    return getattr(inner, "INPUT_KIND", "bicubic")

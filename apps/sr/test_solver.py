@@ -1,0 +1,161 @@
+"""The SR Tester: rebuilds a (possibly compressed) checkpoint, scores it against bicubic on whole
+images, writes the SR images and the table, and optionally the reports."""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+
+from apputils.checkpoint import load_checkpoint, rebuild_model
+from apputils.execution_env import FILE_ONLY, UserError, log_env_info, setup_run
+
+from .evaluation import ImageScore, evaluate, mean_scores, resolve_device
+from .metrics import psnr, ssim, to_uint8, ycbcr_to_rgb
+from .models import build_model, input_kind
+from .options import RESULTS_ROOT
+from .solver import APP, arch_input_kind, dummy_input, nonzero_parameters
+
+log = logging.getLogger(__name__)
+
+
+def format_table(scores: list[ImageScore], scale: int) -> str:
+    """A plain-text table: one row per image and the mean, model beside bicubic."""
+    head = f"{'image':<16}{'bicubic PSNR':>14}{'SSIM':>8}{'model PSNR':>13}{'SSIM':>8}{'gain dB':>9}"
+    lines = [f"x{scale} super-resolution, Y channel, {scale}-pixel border cropped", head, "-" * len(head)]
+    for s in scores:
+        lines.append(f"{s.name:<16}{s.bicubic_psnr:>14.3f}{s.bicubic_ssim:>8.4f}{s.psnr:>13.3f}{s.ssim:>8.4f}"
+                     f"{s.psnr - s.bicubic_psnr:>+9.3f}")
+    m = mean_scores(scores)
+    lines += ["-" * len(head), f"{'mean':<16}{m['bicubic_psnr']:>14.3f}{m['bicubic_ssim']:>8.4f}{m['psnr']:>13.3f}"
+              f"{m['ssim']:>8.4f}{m['psnr'] - m['bicubic_psnr']:>+9.3f}"]
+    return "\n".join(lines)
+
+
+class Tester:
+    """Tests an SR checkpoint: `Tester(config, testing_loader).run(config)`."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, config: argparse.Namespace, testing_loader: DataLoader):
+        self.opt = config
+        self.testing_loader = testing_loader
+        self.device = resolve_device(config.device)
+        self.model: nn.Module | None = None
+        self.criterion: nn.Module | None = None
+        self.checkpoint: dict[str, Any] | None = None
+        self.out_dir = RESULTS_ROOT / config.save
+        self.scores: list[ImageScore] = []
+
+    def build_model(self) -> nn.Module:
+        """Rebuild the model from the checkpoint (thinning / quantization replayed from its schedule)."""
+        ckpt = load_checkpoint(self.opt.model, APP)
+        kind = arch_input_kind(ckpt["arch"]["name"])
+        scale = int(ckpt["arch"]["kwargs"].get("upscale_factor", self.opt.upscale_factor))
+        if scale != self.opt.upscale_factor:
+            raise UserError(f"--upscale_factor {self.opt.upscale_factor} differs from the checkpoint's scale "
+                            f"{scale} ({self.opt.model}); leave the option out or use a x{self.opt.upscale_factor} model")
+        self.model, _, _ = rebuild_model(ckpt, build_model, device=self.device,
+                                         dummy_input=dummy_input(scale, kind, self.device))
+        self.model.eval()
+        self.criterion = nn.MSELoss()
+        self.checkpoint = ckpt
+        log.info("rebuilt %s x%d from %s (epoch %d, schedule %s): %d non-zero parameters",
+                 ckpt["arch"]["name"], scale, self.opt.model, ckpt["epoch"],
+                 "yes" if ckpt.get("schedule") else "none", nonzero_parameters(self.model))
+        return self.model
+
+    def _write_image(self, sample: dict[str, Any], sr_y: np.ndarray) -> None:
+        ycbcr = np.concatenate([sr_y[..., None], sample["cbcr"].numpy().transpose(1, 2, 0)], axis=-1)
+        name = sample["name"]
+        Image.fromarray(ycbcr_to_rgb(ycbcr)).save(self.out_dir / f"{name}_x{self.opt.upscale_factor}_sr.png")
+        bic = np.concatenate([np.rint(sample["bicubic"][0].numpy() * 255)[..., None],
+                              sample["cbcr"].numpy().transpose(1, 2, 0)], axis=-1)
+        Image.fromarray(ycbcr_to_rgb(bic)).save(self.out_dir / f"{name}_x{self.opt.upscale_factor}_bicubic.png")
+
+    def test(self, model: nn.Module, save_images: bool = False) -> dict[str, float]:
+        """Mean PSNR / SSIM / loss of `model` on the test images (also kept per image in self.scores)."""
+        self.scores = evaluate(model, self.testing_loader, self.device, self.opt.upscale_factor,
+                               on_image=self._write_image if save_images else None)
+        return mean_scores(self.scores)
+
+    def write_table(self) -> Path:
+        """results/<run>/metrics.csv: one row per image and the mean."""
+        path = self.out_dir / "metrics.csv"
+        m = mean_scores(self.scores)
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "mse"])
+            for s in self.scores:
+                writer.writerow([s.name, f"{s.psnr:.4f}", f"{s.ssim:.5f}", f"{s.bicubic_psnr:.4f}",
+                                 f"{s.bicubic_ssim:.5f}", f"{s.loss:.7f}"])
+            writer.writerow(["mean", f"{m['psnr']:.4f}", f"{m['ssim']:.5f}", f"{m['bicubic_psnr']:.4f}",
+                             f"{m['bicubic_ssim']:.5f}", f"{m['loss']:.7f}"])
+        return path
+
+    def run(self, opt: argparse.Namespace | None = None) -> dict[str, Any]:
+        """Build, test, write images and table; with --reports also the reports (apputils.reports)."""
+        opt = opt or self.opt
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create the results folder '{self.out_dir}' ({err}); choose another --save") from err
+        env = setup_run(f"{opt.save}_test", opt.logdir)
+        try:
+            log_env_info()
+            model = self.build_model()
+            t0 = time.perf_counter()
+            means = self.test(model, save_images=True)
+            seconds = time.perf_counter() - t0
+            table = format_table(self.scores, opt.upscale_factor)
+            for line in table.splitlines():
+                log.info(line, extra=FILE_ONLY)
+            csv_path = self.write_table()
+            env.writer.add_scalar("test/psnr", means["psnr"], 0)
+            env.writer.add_scalar("test/ssim", means["ssim"], 0)
+            result: dict[str, Any] = {"table": table, "metrics": means, "csv": str(csv_path),
+                                      "images": str(self.out_dir), "log": str(env.log_file),
+                                      "seconds": seconds, "nonzero_params": nonzero_parameters(model)}
+            if opt.reports:
+                result["reports"] = self.reports(model)
+            return result
+        finally:
+            env.close()
+
+    def reports(self, model: nn.Module) -> dict[str, Any]:
+        """Sensitivity / sparsity / MACs / ONNX / drawing reports into results/<run>/reports/.
+
+        The test is handed over as an apputils.sensitivity.Evaluation (same images, same PSNR / SSIM
+        as test()), which lets the sensitivity analysis reuse the activations of unchanged layers.
+        """
+        from apputils.reports import write_reports
+        from apputils.sensitivity import Evaluation
+
+        kind = input_kind(model)
+        border = self.opt.upscale_factor
+
+        def split(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+            return batch["bicubic" if kind == "bicubic" else "lr"], batch["hr"]
+
+        def metrics(output: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
+            out, hr = output.float().cpu(), hr.float().cpu()
+            values = [(psnr(to_uint8(o[0]), to_uint8(h[0]), border), ssim(to_uint8(o[0]), to_uint8(h[0]), border))
+                      for o, h in zip(out, hr, strict=True)]
+            return {"psnr": float(np.mean([v[0] for v in values])), "ssim": float(np.mean([v[1] for v in values])),
+                    "loss": float(((out.clamp(0, 1) - hr) ** 2).mean())}
+
+        side = 64 if kind == "bicubic" else 64 // border
+        dummy = torch.zeros(1, 1, side, side, device=self.device)
+        out = self.out_dir / "reports"
+        out.mkdir(parents=True, exist_ok=True)
+        schedule = (self.checkpoint or {}).get("schedule") or {}
+        return write_reports(model, Evaluation(self.testing_loader, metrics, split), dummy, out,
+                             sense_type=self.opt.sense_type, quantize_flag=bool(schedule.get("quantizers")))

@@ -1,0 +1,1 @@
+"""Tools used by apps and users: run environment and logging, checkpoints, reports."""

@@ -1,0 +1,170 @@
+"""SR quality benchmark: dense C2SRCNN vs AGP 50% / 75% and 40%-filter pruning (+ thinning), at x2 and x3.
+
+Fixed iteration budgets, not wall-clock: for each scale a dense C2SRCNN trains `--dense_iters` minibatches;
+then four runs start from that dense checkpoint and get the same `--finetune_iters` budget and LR curve:
+dense (no compression, the fair reference), AGP to 50% and to 75% element sparsity of the mid-part
+convolutions (pruning during the first `--agp_end` of the budget, default half), and one-shot 40% L1
+filter pruning of mid_part.0.0 / mid_part.1 with thinning, then fine-tuning. Everything is scored on the embedded test
+photographs (astronaut, chelsea, coffee): Y channel, border = scale, as apps/sr/metrics.py documents.
+
+Run by hand (not in CI), e.g.:
+    python bench/sr_quality.py                                    # full budget
+    python bench/sr_quality.py --dense_iters 300 --finetune_iters 150 --scales 2   # a quick look
+Prints one table (model, parameters, MACs, PSNR / SSIM per scale, bicubic) and the target checks.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import compress  # noqa: E402
+from apps.sr.data import get_testing_set, get_training_set  # noqa: E402
+from apps.sr.evaluation import evaluate, mean_scores, model_input  # noqa: E402
+from apps.sr.models import C2SRCNN  # noqa: E402
+from apputils.macs import model_macs  # noqa: E402
+
+MID = ["mid_part.0.0.weight", "mid_part.1.weight", "mid_part.3.weight", "mid_part.5.weight", "mid_part.7.weight",
+       "mid_part.9.0.weight"]
+CHUNKS = 10  # scheduler "epochs" per phase
+
+
+def agp(final: float, end: float = 0.5) -> dict[str, Any]:
+    """AGP from 5% to `final` on the mid-part convs over the first `end` fraction of the fine-tune budget."""
+    return {"version": 1,
+            "pruners": {"agp": {"class": "AutomatedGradualPruner", "initial_sparsity": 0.05,
+                                "final_sparsity": final, "weights": MID}},
+            "policies": [{"pruner": {"instance_name": "agp", "args": {"mini_batch_pruning_frequency": 10}},
+                          "starting_epoch": 0, "ending_epoch": max(1, round(CHUNKS * end)), "frequency": 1}]}
+
+
+FILTER = {"version": 1,
+          "pruners": {"f": {"class": "L1RankedStructureParameterPruner",
+                            "reg_regims": {"mid_part.0.0.weight": [0.4, "3D"], "mid_part.1.weight": [0.4, "3D"]}}},
+          "extensions": {"thin": {"class": "FilterRemover", "thinning_func_str": "remove_filters"}},
+          "policies": [{"pruner": {"instance_name": "f"}, "epochs": [0]},
+                       {"extension": {"instance_name": "thin"}, "epochs": [0]}]}
+
+
+def train(model: torch.nn.Module, schedule: dict | None, iters: int, args: argparse.Namespace, scale: int,
+          seed: int) -> torch.nn.Module:
+    """`iters` Adam steps (cosine LR from args.lr to 1% of it) with the schedule's hooks, in CHUNKS epochs."""
+    per = max(iters // CHUNKS, 1)
+    data = get_training_set(scale, None, crop_size=args.crop, length=per * args.batch, seed=seed)
+    loader = torch.utils.data.DataLoader(data, batch_size=args.batch, drop_last=True)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    sched = (compress.dict_config(model, opt, schedule, dummy_input=torch.zeros(1, 1, 32, 32))
+             if schedule else None)
+    total, step = per * CHUNKS, 0
+    model.train()
+    for epoch in range(CHUNKS):
+        data.set_epoch(epoch)
+        if sched:
+            sched.on_epoch_begin(epoch, opt)
+        for i, batch in enumerate(loader):
+            for group in opt.param_groups:
+                group["lr"] = args.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / total)))
+            if sched:
+                sched.on_minibatch_begin(epoch, i, per, opt)
+            loss = torch.nn.functional.mse_loss(model(model_input(model, batch, "cpu")), batch["hr"])
+            if sched:
+                loss = sched.before_backward_pass(epoch, i, per, loss, opt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if sched:
+                sched.before_parameter_optimization(epoch, i, per, opt)
+            opt.step()
+            if sched:
+                sched.on_minibatch_end(epoch, i, per, opt)
+            step += 1
+        if sched:
+            sched.on_epoch_end(epoch, opt)
+    return model.eval()
+
+
+def score(model: torch.nn.Module, scale: int) -> dict[str, float]:
+    loader = torch.utils.data.DataLoader(get_testing_set(scale, None), batch_size=1)
+    return mean_scores(evaluate(model, loader, torch.device("cpu"), scale))
+
+
+def describe(model: torch.nn.Module) -> dict[str, float]:
+    params = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    dense, effective = model_macs(model, torch.zeros(1, 1, 256, 256))
+    return {"params": params, "nonzero": nonzero, "macs": dense, "effective_macs": effective}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scales", type=int, nargs="+", default=[2, 3])
+    p.add_argument("--dense_iters", type=int, default=2000)
+    p.add_argument("--finetune_iters", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=36)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--agp_end", type=float, default=0.5,
+                   help="fraction of the fine-tune budget during which AGP prunes (the rest recovers)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    variants = [("dense", None), ("AGP 50%", agp(0.5, args.agp_end)), ("AGP 75%", agp(0.75, args.agp_end)),
+                ("filters 40% + thinning", FILTER)]
+    rows: dict[str, dict[str, Any]] = {name: {} for name, _ in variants}
+    bicubic: dict[int, dict[str, float]] = {}
+    start = time.perf_counter()
+    for scale in args.scales:
+        torch.manual_seed(args.seed)
+        t0 = time.perf_counter()
+        base = train(C2SRCNN(1, scale), None, args.dense_iters, args, scale, seed=args.seed)
+        print(f"x{scale}: dense pre-training {args.dense_iters} iters in {time.perf_counter() - t0:.0f}s", flush=True)
+        for name, schedule in variants:  # same fine-tune budget, same data stream, from the same checkpoint
+            t0 = time.perf_counter()
+            model = train(copy.deepcopy(base), schedule, args.finetune_iters, args, scale, seed=args.seed + 1)
+            s = score(model, scale)
+            bicubic[scale] = {"psnr": s["bicubic_psnr"], "ssim": s["bicubic_ssim"]}
+            rows[name].update(describe(model))
+            rows[name][scale] = s
+            print(f"x{scale}: {name:<24} PSNR {s['psnr']:.3f} dB  SSIM {s['ssim']:.4f}  "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+
+    scales = args.scales
+    head = f"{'model':<24}{'params':>8}{'non-zero':>10}{'MACs(256²)':>12}{'eff. MACs':>11}"
+    head += "".join(f"{f'x{s} PSNR':>10}{f'x{s} SSIM':>9}" for s in scales)
+    print(f"\nC2SRCNN on the embedded test photographs (astronaut, chelsea, coffee); Y channel, border = scale;\n"
+          f"dense pre-training {args.dense_iters} iters, then {args.finetune_iters} iters per variant; batch "
+          f"{args.batch}, crop {args.crop}, Adam lr {args.lr} cosine; AGP during the first {args.agp_end:.0%}; "
+          f"{args.threads} threads; "
+          f"total {time.perf_counter() - start:.0f}s\n")
+    print(head)
+    print("-" * len(head))
+    line = f"{'bicubic':<24}{'-':>8}{'-':>10}{'-':>12}{'-':>11}"
+    print(line + "".join(f"{bicubic[s]['psnr']:>10.3f}{bicubic[s]['ssim']:>9.4f}" for s in scales))
+    for name, _ in variants:
+        r = rows[name]
+        line = f"{name:<24}{r['params']:>8}{r['nonzero']:>10}{r['macs'] / 1e6:>11.1f}M{r['effective_macs'] / 1e6:>10.1f}M"
+        print(line + "".join(f"{r[s]['psnr']:>10.3f}{r[s]['ssim']:>9.4f}" for s in scales))
+    print("\n(params / MACs are those of the last scale's model; MACs for a 256x256 output)")
+    print("\ntargets:")
+    if 2 in scales:
+        gain = rows["dense"][2]["psnr"] - bicubic[2]["psnr"]
+        print(f"  dense beats bicubic by >= 1 dB at x2: {gain:+.3f} dB -> {'met' if gain >= 1 else 'NOT met'}")
+    for name, tol in (("AGP 50%", 0.05), ("AGP 75%", 0.15)):
+        for s in scales:
+            drop = rows["dense"][s]["psnr"] - rows[name][s]["psnr"]
+            print(f"  {name} within {tol} dB of dense at x{s}: {drop:+.3f} dB below -> "
+                  f"{'met' if drop <= tol else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

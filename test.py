@@ -1,0 +1,32 @@
+"""Test a trained checkpoint: python test.py --optform=SR --model=checkpoints/<run>/best.pth [--reports]"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from apps import get_app, optform
+from apputils.execution_env import run_entry
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch on --optform, test, and print the table and where the outputs went."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def work() -> None:
+        app = get_app(optform(argv))
+        opt = app.TestOptions().parse(argv)
+        tester = app.Tester(opt, app.build_test_loader(opt))
+        result = tester.run(opt)
+        print("\n" + result["table"])
+        print(f"\n  images and metrics.csv  {result['images']}")
+        print(f"  log                     {result['log']}")
+        if "reports" in result:
+            reports = result["reports"]
+            summary = reports.get("summary") if isinstance(reports, dict) else None
+            print("\n" + (summary if isinstance(summary, str) else f"  reports  {reports}"))
+
+    return run_entry(work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Trainer and Tester in-process on a tiny folder: the hook order of DESIGN.md §2, checkpoints, the
+reports hand-over."""
+import argparse
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import apps.sr.test_solver as test_solver_mod
+from apps.sr import Tester, Trainer, build_test_loader, build_train_loaders
+from apps.sr.data import embedded_dir, load_rgb
+
+
+class Recorder:
+    """A stand-in CompressionScheduler that records the hooks the Trainer calls."""
+
+    schedule = {"version": 1}
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, hook):
+        if not hook.startswith("on_") and not hook.startswith("before_"):
+            raise AttributeError(hook)
+
+        def record(epoch, *args, **kwargs):
+            self.calls.append((hook, epoch))
+            if hook == "before_backward_pass":
+                loss = args[2]
+                return (loss, {}) if kwargs.get("return_loss_components") else loss
+            return None
+
+        return record
+
+    def state_dict(self):
+        return {"calls": len(self.calls)}
+
+
+@pytest.fixture
+def data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rgb = load_rgb(embedded_dir() / "astronaut.png")
+    (tmp_path / "imgs").mkdir()
+    for i, (y, x) in enumerate([(0, 0), (100, 200), (300, 60)]):
+        Image.fromarray(rgb[y:y + 40, x:x + 44]).save(tmp_path / "imgs" / f"{i}.png")
+    yield tmp_path
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_imagegen_run", None) or getattr(h, "_imagegen_console", None):
+            root.removeHandler(h)
+
+
+def _opt(**kw):
+    base = dict(optform="SR", device="cpu", threads=0, seed=1, logdir="logs", model="C2SRCNN", upscale_factor=2,
+                traindata="imgs", testdata=None, crop_size=16, batchSize=2, testBatchSize=1, nEpochs=2,
+                iters_per_epoch=3, lr=1e-3, compress=None, save="unit", resume=None, print_freq=1, given=[])
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_trainer_calls_the_hooks_in_the_documented_order(data):
+    opt = _opt()
+    trainer = Trainer(opt, *build_train_loaders(opt))
+    rec = Recorder()
+    trainer.build_model = lambda: (Trainer.build_model(trainer), setattr(trainer, "compression_scheduler", rec))
+    result = trainer.run()
+    minibatch = ["on_minibatch_begin", "before_backward_pass", "before_parameter_optimization", "on_minibatch_end"]
+    expected = []
+    for epoch in range(2):
+        expected += [("on_epoch_begin", epoch)] + [(h, epoch) for _ in range(3) for h in minibatch]
+        expected += [("on_epoch_end", epoch)]
+    assert rec.calls == expected
+    ck = torch.load(result["latest"], weights_only=True)
+    assert ck["scheduler"] == {"calls": len(expected)} and ck["epoch"] == 1
+    assert (data / "checkpoints/unit/best.pth").is_file()
+
+
+def test_tester_reports_get_the_same_scores_as_the_test(data, monkeypatch):
+    opt = _opt(nEpochs=1)
+    Trainer(opt, *build_train_loaders(opt)).run()
+    topt = argparse.Namespace(optform="SR", device="cpu", threads=0, seed=1, logdir="logs",
+                              model="checkpoints/unit/best.pth", testdata="imgs", upscale_factor=2, save="unit",
+                              reports=True, sense_type="filter")
+    seen = {}
+
+    def fake_write_reports(model, test_func, dummy_input, out_dir, sense_type="element", quantize_flag=False):
+        seen.update(metrics=test_func(model), sense_type=sense_type, out=out_dir, shape=tuple(dummy_input.shape))
+        return {"summary": "ok"}
+
+    import apputils.reports
+
+    monkeypatch.setattr(apputils.reports, "write_reports", fake_write_reports)
+    tester = Tester(topt, build_test_loader(topt))
+    result = tester.run(topt)
+    assert result["reports"] == {"summary": "ok"} and seen["sense_type"] == "filter"
+    assert seen["out"] == test_solver_mod.RESULTS_ROOT / "unit" / "reports" and seen["shape"] == (1, 1, 64, 64)
+    for key in ("psnr", "ssim"):
+        assert seen["metrics"][key] == pytest.approx(result["metrics"][key], abs=1e-9)
+    rows = (data / "results/unit/metrics.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[-1].startswith("mean")
+    sr = np.asarray(Image.open(data / "results/unit/0_x2_sr.png"))
+    assert sr.shape == (40, 44, 3)

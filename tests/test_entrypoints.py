@@ -1,0 +1,169 @@
+"""train.py / test.py as a user runs them: end to end on the embedded photographs, errors, SIGKILL + resume."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+TINY = ["--iters_per_epoch", "3", "--crop_size", "16", "--batchSize", "4", "--print_freq", "1", "--testdata", "val"]
+AGP = """version: 1
+pruners:
+  p:
+    class: 'AutomatedGradualPruner'
+    initial_sparsity: 0.2
+    final_sparsity: 0.5
+    weights: ['mid_part.1.weight', 'mid_part.3.weight']
+policies:
+  - pruner:
+      instance_name: 'p'
+    starting_epoch: 0
+    ending_epoch: 2
+    frequency: 1
+"""
+
+
+def _cmd(script, *args):
+    return [sys.executable, str(ROOT / script), *args]
+
+
+def run(cwd, script, *args, timeout=180):
+    return subprocess.run(_cmd(script, *args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def _small_validation_set(folder):
+    """A 64x64 crop of an embedded photograph: validating on it each epoch costs next to nothing."""
+    from apps.sr.data import embedded_dir, load_rgb
+
+    target = Path(folder) / "val" / "rocket_crop.png"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(load_rgb(embedded_dir() / "rocket.jpg")[200:264, 300:364]).save(target)
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_train_then_test_end_to_end(tmp_path):
+    _small_validation_set(tmp_path)
+    (tmp_path / "agp.yaml").write_text(AGP)
+    r = run(tmp_path, "train.py", "--optform=SR", "--compress=agp.yaml", "--nEpochs", "2", "--save", "e2e", *TINY)
+    assert r.returncode == 0, r.stderr
+    for path in ("checkpoints/e2e/latest.pth", "checkpoints/e2e/best.pth", "logs/e2e/e2e.log"):
+        assert (tmp_path / path).is_file(), path
+    assert list((tmp_path / "logs/e2e").glob("events.out.tfevents.*"))
+    assert "checkpoints/e2e/best.pth" in r.stdout and "val PSNR" in (tmp_path / "logs/e2e/e2e.log").read_text()
+    ck = _load(tmp_path / "checkpoints/e2e/latest.pth")
+    assert ck["epoch"] == 1 and ck["schedule"]["pruners"]["p"]["final_sparsity"] == 0.5
+    assert float((ck["model"]["mid_part.1.weight"] == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+
+    r = run(tmp_path, "test.py", "--optform=SR", "--model=checkpoints/e2e/best.pth")
+    assert r.returncode == 0, r.stderr
+    for name in ("astronaut", "chelsea", "coffee", "mean", "bicubic PSNR"):
+        assert name in r.stdout
+    rows = list(csv.DictReader((tmp_path / "results/e2e/metrics.csv").open()))
+    assert [row["image"] for row in rows] == ["astronaut", "chelsea", "coffee", "mean"]
+    assert all(20 < float(row["bicubic_psnr"]) < 40 for row in rows)
+    img = Image.open(tmp_path / "results/e2e/astronaut_x2_sr.png")
+    assert img.mode == "RGB" and img.size == (512, 512)
+    assert (tmp_path / "results/e2e/astronaut_x2_bicubic.png").is_file()
+
+
+@pytest.mark.parametrize(("script", "args", "expect"), [
+    ("train.py", ["--optform=Colorize"], "valid apps: "),
+    ("train.py", ["--optform=SR", "--compress=bad.yaml", "--nEpochs", "1", *TINY],
+     "bad.yaml, line 6 at 'pruners.p.final_sparsty'"),
+])
+def test_user_errors_are_one_clear_line(tmp_path, script, args, expect):
+    _small_validation_set(tmp_path)
+    (tmp_path / "bad.yaml").write_text(AGP.replace("final_sparsity: 0.5", "final_sparsty: 0.5"))
+    r = run(tmp_path, script, *args)
+    assert r.returncode == 2
+    assert expect in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def in_process(tmp_path, monkeypatch):
+    """Run the entry points' main() here (no interpreter start-up), then drop the log handlers they add."""
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield tmp_path
+    for h in list(root.handlers):
+        if h not in before:
+            root.removeHandler(h)
+
+
+@pytest.mark.parametrize(("script", "args", "expect"), [
+    ("test", ["--lr", "1"], "first argument must be --optform"),
+    ("test", ["--optform=SR", "--model=missing.pth"], "does not exist"),
+    ("train", ["--optform=SR", "--compress=missing.yaml"], "does not exist"),
+    ("train", ["--optform=SR", "--traindata=nowhere"], "data folder 'nowhere' does not exist"),
+    ("train", ["--optform=SR", "--device", "cuda"] if not torch.cuda.is_available() else ["--optform=X"],
+     "CUDA" if not torch.cuda.is_available() else "valid apps"),
+])
+def test_more_user_errors_in_process(in_process, capsys, script, args, expect):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"entry_{script}", ROOT / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)  # not `import test`: that name is the stdlib's test package
+    spec.loader.exec_module(module)
+    main = module.main
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert expect in err and "Traceback" not in err
+
+
+def test_help_is_complete():
+    from apps.sr.options import TestOptions, TrainOptions
+
+    text = TrainOptions().parser.format_help()
+    for opt in ("--upscale_factor", "--batchSize", "--testBatchSize", "--nEpochs", "--lr", "--seed", "--traindata",
+                "--testdata", "--compress", "--resume", "--model", "--device", "--threads", "--logdir", "--save",
+                "--print_freq", "--iters_per_epoch"):
+        assert opt in text
+    text = TestOptions().parser.format_help()
+    assert "--reports" in text and "--sense_type" in text
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
+    _small_validation_set(tmp_path)
+    (tmp_path / "agp.yaml").write_text(AGP.replace("ending_epoch: 2", "ending_epoch: 3"))
+    args = ["--optform=SR", "--compress=agp.yaml", "--nEpochs", "3", "--iters_per_epoch", "40", "--crop_size", "16",
+            "--batchSize", "4", "--testdata", "val"]
+    r = run(tmp_path, "train.py", *args, "--save", "full")
+    assert r.returncode == 0, r.stderr
+
+    proc = subprocess.Popen(_cmd("train.py", *args, "--save", "killed"), cwd=tmp_path, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "checkpoints/killed/latest.pth"
+    deadline = time.time() + 120
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = _load(latest)["epoch"]
+    assert killed_at < 2
+
+    r = run(tmp_path, "train.py", "--optform=SR", "--resume", str(latest))
+    assert r.returncode == 0, r.stderr
+    full, resumed = _load(tmp_path / "checkpoints/full/latest.pth"), _load(latest)
+    assert resumed["epoch"] == 2 and [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert full["scheduler"]["masks"]["masks"].keys() == resumed["scheduler"]["masks"]["masks"].keys()
+    np.testing.assert_equal([h["psnr"] for h in full["history"]], [h["psnr"] for h in resumed["history"]])
+    assert full["optimizer"]["state"][0]["step"] == resumed["optimizer"]["state"][0]["step"]
