@@ -107,9 +107,6 @@ class Component:
         """Restore what state_dict() returned."""
 
 
-HOOKS = ("on_epoch_begin", "on_minibatch_begin", "before_backward_pass",
-         "before_parameter_optimization", "on_minibatch_end", "on_epoch_end")
-
 
 @dataclass
 class Policy:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .policy import HOOKS, Component, Context, Policy, Step
+from .policy import Component, Context, Policy, Step
 
 #: Policy kinds whose components change the model's structure; their state is restored first.
 STRUCTURAL_KINDS = ("extension", "quantizer")

@@ -25,7 +25,7 @@ scheduler = compress.file_config(model, optimizer, schedule)
 
 clean = nn.functional.interpolate(torch.rand(64, 1, 6, 6), size=24, mode="bilinear")  # smooth images
 noisy = clean + 0.1 * torch.randn_like(clean)
-batches = list(zip(noisy.split(16), clean.split(16)))
+batches = list(zip(noisy.split(16), clean.split(16), strict=True))
 for epoch in range(8):
     scheduler.on_epoch_begin(epoch, optimizer)
     for i, (x, y) in enumerate(batches):
