@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import math
 import sys
 import tempfile
 import time
@@ -35,6 +34,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sr_training import train_sr  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 import compress  # noqa: E402
 from apps.sr.data import get_testing_set, get_training_set  # noqa: E402
@@ -69,38 +70,8 @@ VARIANTS: list[tuple[str, dict[str, Any] | None]] = [
 def train(model: nn.Module, schedule: dict | None, iters: int, lr: float, args: argparse.Namespace,
           seed: int) -> tuple[nn.Module, Any]:
     """`iters` Adam steps (cosine LR from lr to 1% of it) with the schedule's hooks, in EPOCHS epochs."""
-    per = max(iters // EPOCHS, 1)
-    data = get_training_set(args.scale, None, crop_size=args.crop, length=per * args.batch, seed=seed)
-    loader = torch.utils.data.DataLoader(data, batch_size=args.batch, drop_last=True)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = compress.dict_config(model, opt, schedule) if schedule else None
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    total, step = per * EPOCHS, 0
-    model.train()
-    for epoch in range(EPOCHS):
-        data.set_epoch(epoch)
-        if sched:
-            sched.on_epoch_begin(epoch, opt)
-        for i, batch in enumerate(loader):
-            factor = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / total))
-            for group, base in zip(opt.param_groups, base_lrs, strict=True):
-                group["lr"] = base * factor
-            if sched:
-                sched.on_minibatch_begin(epoch, i, per, opt)
-            loss = nn.functional.mse_loss(model(model_input(model, batch, "cpu")), batch["hr"])
-            if sched:
-                loss = sched.before_backward_pass(epoch, i, per, loss, opt)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if sched:
-                sched.before_parameter_optimization(epoch, i, per, opt)
-            opt.step()
-            if sched:
-                sched.on_minibatch_end(epoch, i, per, opt)
-            step += 1
-        if sched:
-            sched.on_epoch_end(epoch, opt)
-    return model.eval(), sched
+    return train_sr(model, schedule, iters, lr, scale=args.scale, crop=args.crop, batch=args.batch, seed=seed,
+                    epochs=EPOCHS)
 
 
 def post_train(dense: nn.Module, args: argparse.Namespace, overrides: dict | None = None) -> nn.Module:

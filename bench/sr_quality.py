@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,9 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import compress  # noqa: E402
-from apps.sr.data import get_testing_set, get_training_set  # noqa: E402
-from apps.sr.evaluation import evaluate, mean_scores, model_input  # noqa: E402
+from sr_training import train_sr  # noqa: E402  (bench/ is on sys.path when run as a script)
+
+from apps.sr.data import get_testing_set  # noqa: E402
+from apps.sr.evaluation import evaluate, mean_scores  # noqa: E402
 from apps.sr.models import C2SRCNN  # noqa: E402
 from apputils.macs import model_macs  # noqa: E402
 
@@ -58,37 +58,8 @@ FILTER = {"version": 1,
 def train(model: torch.nn.Module, schedule: dict | None, iters: int, args: argparse.Namespace, scale: int,
           seed: int) -> torch.nn.Module:
     """`iters` Adam steps (cosine LR from args.lr to 1% of it) with the schedule's hooks, in CHUNKS epochs."""
-    per = max(iters // CHUNKS, 1)
-    data = get_training_set(scale, None, crop_size=args.crop, length=per * args.batch, seed=seed)
-    loader = torch.utils.data.DataLoader(data, batch_size=args.batch, drop_last=True)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    sched = (compress.dict_config(model, opt, schedule, dummy_input=torch.zeros(1, 1, 32, 32))
-             if schedule else None)
-    total, step = per * CHUNKS, 0
-    model.train()
-    for epoch in range(CHUNKS):
-        data.set_epoch(epoch)
-        if sched:
-            sched.on_epoch_begin(epoch, opt)
-        for i, batch in enumerate(loader):
-            for group in opt.param_groups:
-                group["lr"] = args.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / total)))
-            if sched:
-                sched.on_minibatch_begin(epoch, i, per, opt)
-            loss = torch.nn.functional.mse_loss(model(model_input(model, batch, "cpu")), batch["hr"])
-            if sched:
-                loss = sched.before_backward_pass(epoch, i, per, loss, opt)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if sched:
-                sched.before_parameter_optimization(epoch, i, per, opt)
-            opt.step()
-            if sched:
-                sched.on_minibatch_end(epoch, i, per, opt)
-            step += 1
-        if sched:
-            sched.on_epoch_end(epoch, opt)
-    return model.eval()
+    return train_sr(model, schedule, iters, args.lr, scale=scale, crop=args.crop, batch=args.batch, seed=seed,
+                    epochs=CHUNKS, dummy_input=torch.zeros(1, 1, 32, 32))[0]
 
 
 def score(model: torch.nn.Module, scale: int) -> dict[str, float]:

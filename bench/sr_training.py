@@ -1,0 +1,51 @@
+"""The scheduled SR training loop the quality benchmarks share (fixed iteration budgets, not wall-clock)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+import compress
+from apps.sr.data import get_training_set
+from apps.sr.evaluation import model_input
+
+
+def train_sr(model: nn.Module, schedule: dict[str, Any] | None, iters: int, lr: float, *, scale: int, crop: int,
+             batch: int, seed: int, epochs: int, dummy_input: torch.Tensor | None = None
+             ) -> tuple[nn.Module, compress.CompressionScheduler | None]:
+    """`iters` Adam steps on the embedded photographs, cosine LR from each group's `lr` to 1% of it, split
+    into `epochs` scheduler epochs, with the schedule's hooks (none when `schedule` is None)."""
+    per = max(iters // epochs, 1)
+    data = get_training_set(scale, None, crop_size=crop, length=per * batch, seed=seed)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, drop_last=True)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = compress.dict_config(model, opt, schedule, dummy_input=dummy_input) if schedule else None
+    base_lrs = [g["lr"] for g in opt.param_groups]  # after the schedule, which may add groups (PACT clips)
+    total, step = per * epochs, 0
+    model.train()
+    for epoch in range(epochs):
+        data.set_epoch(epoch)
+        if sched:
+            sched.on_epoch_begin(epoch, opt)
+        for i, b in enumerate(loader):
+            factor = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / total))
+            for group, base in zip(opt.param_groups, base_lrs, strict=True):
+                group["lr"] = base * factor
+            if sched:
+                sched.on_minibatch_begin(epoch, i, per, opt)
+            loss = nn.functional.mse_loss(model(model_input(model, b, "cpu")), b["hr"])
+            if sched:
+                loss = sched.before_backward_pass(epoch, i, per, loss, opt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if sched:
+                sched.before_parameter_optimization(epoch, i, per, opt)
+            opt.step()
+            if sched:
+                sched.on_minibatch_end(epoch, i, per, opt)
+            step += 1
+        if sched:
+            sched.on_epoch_end(epoch, opt)
+    return model.eval(), sched
