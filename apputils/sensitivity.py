@@ -11,7 +11,8 @@ Two forms of `test_func` are accepted:
 * an `Evaluation(loader, metrics)`: the tool drives the loader itself and, when the model traces with
   torch.fx, runs the layers before the pruned one only once per weight. The activations that cross
   the pruned layer's position (its input, plus any skip tensors a branchy network keeps alive) are
-  cached per batch, and each level re-runs only the layers from the pruned one to the output.
+  cached per batch, and each level re-runs only the layers from the pruned one to the output, in
+  channels-last memory format when the model's convolutions allow it (faster CPU kernels).
 
 A level that leaves a weight unchanged (level 0, or a level at or below the weight's existing
 sparsity) is not re-evaluated: the baseline metrics are reused, since the model is the same.
@@ -30,6 +31,7 @@ import pandas as pd
 import torch
 import torch.fx
 from torch import nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from compress.masks import canonical
@@ -43,6 +45,10 @@ log = logging.getLogger(__name__)
 
 SenseType = Literal["element", "filter", "channel"]
 SENSE_TYPES: tuple[str, ...] = ("element", "filter", "channel")
+MemoryFormat = Literal["auto", "contiguous", "channels_last"]
+MEMORY_FORMATS: tuple[str, ...] = ("auto", "contiguous", "channels_last")
+#: the most output channels (levels x the layer's own) a stacked evaluation of the levels may have
+STACK_CHANNELS = 32
 DEFAULT_SPARSITIES: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(10))
 
 Metrics = dict[str, float]
@@ -200,12 +206,18 @@ class _PartialRunner:
         for node in self.nodes:
             if node.users:
                 self._free_after[max(self.index[u] for u in node.users)].append(node)
+        #: when True, every 4-D value is kept channels-last (NHWC), which CPU convolution kernels run
+        #: faster than NCHW (measured 1.6x on C2SRCNN); see `choose_memory_format`
+        self.channels_last = False
 
     def _run(self, env: dict[torch.fx.Node, Any], start: int, stop: int) -> None:
         """Run nodes [start, stop) into `env`, dropping each value after its last reader."""
         for i in range(start, stop):
             node = self.nodes[i]
-            env[node] = self.interp.run_node(node)
+            value = self.interp.run_node(node)
+            if self.channels_last and torch.is_tensor(value) and value.dim() == 4:
+                value = value.contiguous(memory_format=torch.channels_last)
+            env[node] = value
             for done in self._free_after[i]:
                 env.pop(done, None)
 
@@ -262,6 +274,29 @@ class _PartialRunner:
             raise RuntimeError("the traced graph does not end in an output node")
         self._run(env, start, len(self.nodes) - 1)
         return self.interp.run_node(output)
+
+
+def choose_memory_format(runner: _PartialRunner, model: nn.Module, x: Any, memory_format: str) -> None:
+    """Run the traced suffixes channels-last when asked, or ('auto') when the model has 2-D
+    convolutions, writes nothing in place, and gives the same output that way on `x`
+    (a `.view()` that needs NCHW strides, for instance, falls back to NCHW)."""
+    runner.channels_last = False
+    if memory_format == "contiguous" or (memory_format == "auto" and (
+            not any(isinstance(m, nn.Conv2d) for m in model.modules()) or runner.writes_in_place(runner.body))):
+        return
+    with torch.no_grad():
+        reference = model(x)
+        runner.channels_last = True
+        try:
+            out = runner.run_suffix(runner.body, runner.run_prefix(runner.body, x))
+            same = torch.is_tensor(out) and torch.is_tensor(reference) and out.shape == reference.shape \
+                and torch.allclose(out.float(), reference.float(), rtol=1e-4, atol=1e-5)
+        except RuntimeError as err:
+            if memory_format == "channels_last":
+                raise
+            log.info("sensitivity: the model does not run channels-last (%s); using NCHW", str(err).splitlines()[0])
+            same = False
+    runner.channels_last = same or memory_format == "channels_last"
 
 
 def _try_trace(model: nn.Module) -> _PartialRunner | None:
@@ -365,7 +400,7 @@ def sensitivity_analysis(model: nn.Module, sensitivity_file: str | Path | None,
                          sense_type: SenseType = "element", sparsities: Sequence[float] | None = None, *,
                          weights: Sequence[str] | None = None, group_resolver: GroupResolver | None = None,
                          dummy_input: torch.Tensor | None = None, use_cache: bool = True,
-                         progress: bool = True) -> pd.DataFrame:
+                         memory_format: MemoryFormat = "auto", progress: bool = True) -> pd.DataFrame:
     """Prune each weight alone to each level, evaluate, restore; write the results and return them.
 
     Returns a long DataFrame: `parameter`, `sparsity` (requested), `actual_sparsity` (of that weight
@@ -376,7 +411,12 @@ def sensitivity_analysis(model: nn.Module, sensitivity_file: str | Path | None,
     trace of the model on `dummy_input` (or the Evaluation's first batch); weights whose
     filters / channels cannot be pruned (e.g. the model's output layer) are skipped and listed in the
     workbook. `use_cache=False` turns the layer-skipping off (for comparison).
+    `memory_format` (cached path only): 'auto' runs the layers channels-last (NHWC) when the model
+    has 2-D convolutions and gives the same output that way; 'contiguous' keeps NCHW. Channels-last
+    sums in another order, so its metrics can differ from an NCHW run in the last float digits.
     """
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format={memory_format!r} is not supported: use one of {', '.join(MEMORY_FORMATS)}")
     levels, names = _validate(model, sense_type, sparsities, weights)
     inner = _unwrap(model)
     params = {canonical(n): p for n, p in inner.named_parameters()}
@@ -385,7 +425,8 @@ def sensitivity_analysis(model: nn.Module, sensitivity_file: str | Path | None,
         resolver = group_resolver or _default_resolver(inner, sense_type, test_func, dummy_input)
         names, skipped = _prunable_by_groups(names, weights is not None, resolver, sense_type)
         runner = _try_trace(inner) if use_cache and isinstance(test_func, Evaluation) else None
-        rows = _analyse(model, params, names, levels, sense_type, resolver, test_func, runner, progress)
+        rows = _analyse(model, params, names, levels, sense_type, resolver, test_func, runner, memory_format,
+                        progress)
     finally:
         _restore_modes(states)
     df = pd.DataFrame(rows)
@@ -419,14 +460,40 @@ class _CachedEvaluation:
                 acc.add(self.evaluation.metrics(self.runner.run_suffix(self.start, cached), y), n)
         return acc.result()
 
+    def stacked(self, steps: list[_Step], bar: Any) -> list[Metrics] | None:
+        """Metrics of every step at once when the pruned layer is a narrow-output Conv2d (an image
+        network's output layer): one convolution with the levels' weights stacked as output channels
+        costs about as much as one level (CPU kernels are inefficient for 1-3 output channels), then the
+        layers after it run per level. None when the layer does not qualify (then steps run one by one)."""
+        node = self.runner.nodes[self.start]
+        conv = self.runner.gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+        weight = f"{node.target}.weight"
+        if (type(conv) is not nn.Conv2d or conv.groups != 1 or conv.padding_mode != "zeros"
+                or isinstance(conv.padding, str) or len(node.args) != 1 or node.kwargs
+                or conv.out_channels * len(steps) > STACK_CHANNELS
+                or any(set(s.new_values) != {weight} for s in steps)):
+            return None
+        w = torch.cat([s.new_values[weight] for s in steps])
+        b = conv.bias.detach().repeat(len(steps)) if conv.bias is not None else None
+        accs = [_MetricAverage() for _ in steps]
+        with torch.no_grad():
+            for cached, y, n in self.cache:
+                x = cached[node.args[0]] if isinstance(node.args[0], torch.fx.Node) else node.args[0]
+                outs = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation).split(conv.out_channels, dim=1)
+                for acc, out in zip(accs, outs, strict=True):
+                    acc.add(self.evaluation.metrics(self.runner.run_suffix(self.start + 1, {**cached, node: out}),
+                                                    y), n)
+        bar.update(len(steps))
+        return [acc.result() for acc in accs]
+
 
 def _analyse(model: nn.Module, params: dict[str, nn.Parameter], names: list[str], levels: list[float],
              sense_type: str, resolver: GroupResolver, test_func: Any, runner: _PartialRunner | None,
-             progress: bool) -> list[dict[str, Any]]:
+             memory_format: str, progress: bool) -> list[dict[str, Any]]:
     cached = _CachedEvaluation(runner, test_func, _device_of(model)) if runner is not None else None
     if cached is not None:
-        cached.cache_at(cached.runner.body)
-        baseline = cached()
+        baseline = _call_test(test_func, model)  # the model as it runs normally: the reference
+        choose_memory_format(cached.runner, model, cached.batches[0][0], memory_format)
     else:
         baseline = _call_test(test_func, model)
 
@@ -436,21 +503,28 @@ def _analyse(model: nn.Module, params: dict[str, nn.Parameter], names: list[str]
     try:
         for name in names:
             bar.set_postfix_str(name)
-            cache_filled = False
-            for level in levels:
-                step = _plan_step(params, name, level, sense_type, resolver)
+            steps = [_plan_step(params, name, level, sense_type, resolver) for level in levels]
+            changed = [s for s in steps if s.changed]
+            results: dict[int, Metrics] = {}
+            if changed and cached is not None:
+                # the group's members are the same at every level
+                cached.cache_at(cached.runner.first_use(changed[0].new_values))
+                stacked = cached.stacked(changed, bar)
+                if stacked is not None:
+                    results = {id(s): m for s, m in zip(changed, stacked, strict=True)}
+            for step in steps:
                 if not step.changed:
                     metrics = dict(baseline)
-                elif cached is not None:
-                    if not cache_filled:  # the group's members are the same at every level
-                        cached.cache_at(cached.runner.first_use(step.new_values))
-                        cache_filled = True
-                    metrics = _with_values(params, step.new_values, cached)
+                elif id(step) in results:
+                    metrics = results[id(step)]
                 else:
-                    metrics = _with_values(params, step.new_values, lambda: _call_test(test_func, model))
+                    run = cached if cached is not None else (lambda: _call_test(test_func, model))
+                    metrics = _with_values(params, step.new_values, run)
+                    bar.update(1)
                 rows.append({"parameter": name, "sparsity": step.level, "actual_sparsity": step.actual,
                              **metrics})
-                bar.update(1)
+                if not step.changed:
+                    bar.update(1)
     finally:
         bar.close()
     return rows

@@ -3,7 +3,7 @@
 A dense C2SRCNN trains `--dense_iters` minibatches; every variant then starts from that checkpoint with
 the same `--finetune_iters` budget, data stream and LR curve (Adam, cosine from --ft_lr to 1% of it):
 dense (no quantization, the reference), DoReFa w8a8 and w4a8, PACT w4a4 (first / last conv 7-bit weights,
-8-bit inputs), range-linear w8a8 QAT (the shipped schedules in schedules/sr/), and post-training w8a8
+8-bit inputs), range-linear w8a8 and w4a8 QAT (the shipped schedules in schedules/sr/), and post-training w8a8
 (the fine-tuned dense model calibrated on 8 training batches, no training). Quality: PSNR / SSIM on the
 embedded test photographs (Y channel, border = scale) of the PyTorch fake-quantized model, and for the
 INT8 exports the PSNR of the ONNX Runtime INT8 model itself.
@@ -64,6 +64,7 @@ VARIANTS: list[tuple[str, dict[str, Any] | None]] = [
     ("DoReFa w4a8", shipped("quantization_DoReFa.yaml", bits_weights=4)),
     ("PACT w4a4", shipped("quantization_PACT.yaml")),
     ("linear w8a8 QAT", shipped("quantization_linear_w8a8.yaml")),
+    ("linear w4a8 QAT", shipped("quantization_linear_w8a8.yaml", bits_weights=4)),
 ]
 
 
@@ -232,7 +233,7 @@ def main() -> None:
     print("\ntargets:")
     if rows:
         for name, tol in (("DoReFa w8a8", 0.05), ("linear w8a8 QAT", 0.05), ("post-train w8a8", 0.05),
-                          ("DoReFa w4a8", 0.25), ("PACT w4a4", 0.25)):
+                          ("DoReFa w4a8", 0.25), ("PACT w4a4", 0.25), ("linear w4a8 QAT", 0.25)):
             drop = rows["dense"]["psnr"] - rows[name]["psnr"]
             print(f"  {name} within {tol} dB of dense: {drop:+.3f} dB below -> {'met' if drop <= tol else 'NOT met'}")
     best = max((fp32 / v, k) for k, v in ms.items() if k.startswith("INT8"))

@@ -7,11 +7,14 @@ SR app scores; or PSNR alone with --metrics psnr) and levels (0.0 .. 0.9), eleme
             with the same metric function as the others;
 * no-cache: apputils.sensitivity with use_cache=False: prune in place and restore, whole model per
             level, levels that leave the weight unchanged (level 0) reuse the baseline;
-* ours:     apputils.sensitivity as shipped: as no-cache, plus the layers before the pruned one run
-            once per weight (their output is cached per image).
+* ours-nchw: as no-cache, plus the layers before the pruned one run once per weight (their output is
+            cached per image): the layer cache alone (memory_format='contiguous');
+* ours:     apputils.sensitivity as shipped: the layer cache, and the layers run channels-last (NHWC),
+            which the default memory_format='auto' picks for a convolutional network.
 
-Variants are interleaved round by round; the medians and their ratios are printed, and the three
-result tables are checked to agree.
+Variants are interleaved round by round; the medians and their ratios are printed, and the result
+tables are checked to agree (exactly up to float rounding for the NCHW variants; channels-last sums
+in another order, so its PSNR / SSIM may differ in the last digits: the largest difference is printed).
 
     python bench/sensitivity_speed.py [--rounds 3] [--threads 1] [--crop 0] [--metrics sr|psnr]
 """
@@ -138,6 +141,8 @@ def main() -> None:
         "naive": lambda: naive(model, evaluation),
         "no-cache": lambda: sensitivity_analysis(model, None, evaluation, "element", use_cache=False,
                                                  progress=False).to_dict("records"),
+        "ours-nchw": lambda: sensitivity_analysis(model, None, evaluation, "element", memory_format="contiguous",
+                                                  progress=False).to_dict("records"),
         "ours": lambda: sensitivity_analysis(model, None, evaluation, "element", progress=False).to_dict("records"),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -150,20 +155,27 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
 
+    largest = 0.0
     for name in variants:
-        for a, b in zip(results["ours"], results[name], strict=True):
+        for a, b in zip(results["ours-nchw"], results[name], strict=True):
             shared = [m for m in b if m in a and m not in ("parameter", "sparsity", "actual_sparsity")]
-            if a["parameter"] != b["parameter"] or not shared or any(abs(a[m] - b[m]) > 1e-6 for m in shared):
-                raise SystemExit(f"results differ between ours and {name}: {a} vs {b}")
+            diff = max((abs(a[m] - b[m]) for m in shared), default=float("inf"))
+            if name == "ours":
+                largest = max(largest, diff)
+            if a["parameter"] != b["parameter"] or not shared or diff > (1e-3 if name == "ours" else 1e-6):
+                raise SystemExit(f"results differ between ours-nchw and {name}: {a} vs {b}")
     for label, table in (("wall", times), ("CPU", cpu)):
         med = {k: statistics.median(v) for k, v in table.items()}
         print(f"{label} time (CPU time of this process: steadier than wall time on a shared machine)"
               if label == "CPU" else f"{label} time")
         for name, t in med.items():
             print(f"  {name:>9}: median {t:7.2f} s   ({', '.join(f'{x:.2f}' for x in table[name])})")
-        print(f"  speed-up ours vs naive:    {med['naive'] / med['ours']:.2f}x  (same metric function)")
-        print(f"  speed-up ours vs no-cache: {med['no-cache'] / med['ours']:.2f}x  (the layer cache alone)")
-    print("results of the three variants agree (every metric within 1e-6)")
+        print(f"  speed-up ours vs naive:           {med['naive'] / med['ours']:.2f}x  (same metric function)")
+        print(f"  speed-up ours-nchw vs no-cache:   {med['no-cache'] / med['ours-nchw']:.2f}x  (the layer cache alone)")
+        print(f"  speed-up ours vs ours-nchw:       {med['ours-nchw'] / med['ours']:.2f}x  (channels-last alone)")
+        print(f"  speed-up ours-nchw vs naive:      {med['naive'] / med['ours-nchw']:.2f}x  (all but channels-last)")
+    print(f"results agree: naive, no-cache and ours-nchw within 1e-6 in every metric; ours (channels-last) "
+          f"within {largest:.1e}")
 
 
 if __name__ == "__main__":

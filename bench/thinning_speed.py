@@ -1,14 +1,15 @@
 """Dense vs 50%-filter-pruned-and-thinned: parameters, MACs and CPU latency (torch and ONNX Runtime).
 
-    python bench/thinning_speed.py [--runs 60] [--threads 1] [--size 128]
+    python bench/thinning_speed.py [--runs 60] [--threads 1] [--size 128] [--round_to 8]
 
 Networks: C2SRCNN (the SR app's model, on a 1 x size x size bicubic image) and ResSR, an EDSR-style
 residual network (8 residual blocks of 64 channels, as EDSR-baseline, PixelShuffle x2, on a 1 x size/2 x size/2 input).
 Every conv whose filters can be removed is pruned to half of its coupled group by L1 norm (each
 group once; the residual stream is one group), the masks are applied, and the model is thinned; the
-masked and thinned outputs are compared. Latency: batch 1, torch.inference_mode, `--threads` intra-op
+masked and thinned outputs are compared. Two thin variants: exactly half (thin/1), and half with the
+kept channels rounded up to a multiple of --round_to (the pruners' `round_to:`; 56 -> 32, 12 -> 8). Latency: batch 1, torch.inference_mode, `--threads` intra-op
 threads for torch and ORT, warm-up runs first, then `--runs` rounds in which dense and thin run
-alternately (order swapped every round); medians are printed with their ratio next to the MACs ratio.
+in turn (order reversed every round); medians are printed with their ratio next to the MACs ratio.
 """
 from __future__ import annotations
 
@@ -54,8 +55,9 @@ class ResSR(nn.Module):
         return self.tail(self.up(self.body(r) + h))
 
 
-def prune_half_and_thin(model: nn.Module, x: torch.Tensor) -> tuple[float, int]:
-    """L1-prune half of every removable filter group (each once), then thin. Returns (max |diff|, groups)."""
+def prune_half_and_thin(model: nn.Module, x: torch.Tensor, round_to: int) -> tuple[float, int]:
+    """L1-prune half of every removable filter group (each once; the kept count rounded up to a multiple
+    of `round_to`, as the structured pruners' `round_to:` does), then thin. Returns (max |diff|, groups)."""
     resolver = TracedGroups(model, x)
     params = dict(model.named_parameters())
     shapes = {n: p.shape for n, p in params.items()}
@@ -72,7 +74,7 @@ def prune_half_and_thin(model: nn.Module, x: torch.Tensor) -> tuple[float, int]:
         if key in seen:
             continue
         seen.add(key)
-        keep = ~lowest(group_importance(group, params, 1), count_to_prune(0.5, group.size))
+        keep = ~lowest(group_importance(group, params, 1), count_to_prune(0.5, group.size, round_to))
         for n, m in group_mask(group, keep, shapes).items():
             masks[n] = masks[n] * m if n in masks else m
     with torch.no_grad():
@@ -113,27 +115,34 @@ def ort_session(model: nn.Module, x: torch.Tensor, folder: Path, name: str, thre
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def bench(label: str, dense: nn.Module, x: torch.Tensor, runs: int, threads: int, folder: Path) -> None:
+def bench(label: str, dense: nn.Module, x: torch.Tensor, runs: int, threads: int, folder: Path,
+          round_to: int) -> None:
     dense.eval()
-    thin_model = copy.deepcopy(dense)
-    diff, groups = prune_half_and_thin(thin_model, x)
-    p = (count_params(dense), count_params(thin_model))
-    m = (count_macs(dense, x), count_macs(thin_model, x))
+    variants = {"dense": dense}
+    diffs, groups = [], 0
+    for r in (1, round_to):
+        variants[f"thin/{r}"] = thin_model = copy.deepcopy(dense)
+        diff, groups = prune_half_and_thin(thin_model, x, r)
+        diffs.append(diff)
+    models = list(variants.values())
+    p = [count_params(mod) for mod in models]
+    m = [count_macs(mod, x) for mod in models]
     with torch.inference_mode():
-        t_torch = interleaved([lambda: dense(x), lambda: thin_model(x)], runs)
-    sessions = [ort_session(mod, x, folder, f"{label}_{i}", threads) for i, mod in enumerate((dense, thin_model))]
+        t_torch = interleaved([lambda mod=mod: mod(x) for mod in models], runs)
+    sessions = [ort_session(mod, x, folder, f"{label}_{i}", threads) for i, mod in enumerate(models)]
     feed = {"input": x.numpy()}
     t_ort = interleaved([lambda s=s: s.run(None, feed) for s in sessions], runs)
-    print(f"\n{label}: input {tuple(x.shape)}, {groups} filter groups halved, "
-          f"max |masked - thinned| = {diff:.2e}")
-    print(f"{'':8}{'params':>10}{'MMACs':>10}{'torch ms':>10}{'ORT ms':>10}")
-    print(f"{'dense':8}{p[0]:>10d}{m[0] / 1e6:>10.1f}{t_torch[0] * 1e3:>10.2f}{t_ort[0] * 1e3:>10.2f}")
-    print(f"{'thin':8}{p[1]:>10d}{m[1] / 1e6:>10.1f}{t_torch[1] * 1e3:>10.2f}{t_ort[1] * 1e3:>10.2f}")
-    mr = m[1] / m[0]
-    tr, orr = t_torch[1] / t_torch[0], t_ort[1] / t_ort[0]
-    print(f"{'ratio':8}{p[1] / p[0]:>10.3f}{mr:>10.3f}{tr:>10.3f}{orr:>10.3f}")
-    print(f"latency reduction / MACs reduction: torch {(1 - tr) / (1 - mr):.2f}, ORT {(1 - orr) / (1 - mr):.2f} "
-          "(target >= 0.8)")
+    print(f"\n{label}: input {tuple(x.shape)}, {groups} filter groups halved (thin/1: exactly; thin/{round_to}: "
+          f"kept channels rounded up to a multiple of {round_to}), max |masked - thinned| = {max(diffs):.2e}")
+    print(f"{'':8}{'params':>10}{'MMACs':>10}{'torch ms':>10}{'ORT ms':>10}"
+          f"{'params':>9}{'MACs':>7}{'torch':>7}{'ORT':>7}   latency / MACs reduction (target >= 0.8)")
+    for i, name in enumerate(variants):
+        line = f"{name:8}{p[i]:>10d}{m[i] / 1e6:>10.1f}{t_torch[i] * 1e3:>10.2f}{t_ort[i] * 1e3:>10.2f}"
+        if i:
+            mr, tr, orr = m[i] / m[0], t_torch[i] / t_torch[0], t_ort[i] / t_ort[0]
+            line += (f"{p[i] / p[0]:>9.3f}{mr:>7.3f}{tr:>7.3f}{orr:>7.3f}   "
+                     f"torch {(1 - tr) / (1 - mr):.2f}, ORT {(1 - orr) / (1 - mr):.2f}")
+        print(line)
 
 
 def main() -> None:
@@ -141,13 +150,17 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=60, help="timed rounds per variant (default 60)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads for torch and ORT (default 1)")
     ap.add_argument("--size", type=int, default=128, help="HR image side in pixels (default 128)")
+    ap.add_argument("--round_to", type=int, default=8,
+                    help="the second thin variant keeps a multiple of this many channels per group (default 8)")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, threads {args.threads}, runs {args.runs}")
     with tempfile.TemporaryDirectory() as tmp:
-        bench("C2SRCNN", C2SRCNN(), torch.rand(1, 1, args.size, args.size), args.runs, args.threads, Path(tmp))
-        bench("ResSR", ResSR(), torch.rand(1, 1, args.size // 2, args.size // 2), args.runs, args.threads, Path(tmp))
+        bench("C2SRCNN", C2SRCNN(), torch.rand(1, 1, args.size, args.size), args.runs, args.threads, Path(tmp),
+              args.round_to)
+        bench("ResSR", ResSR(), torch.rand(1, 1, args.size // 2, args.size // 2), args.runs, args.threads, Path(tmp),
+              args.round_to)
 
 
 if __name__ == "__main__":

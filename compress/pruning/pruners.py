@@ -9,7 +9,14 @@ from typing import Literal
 
 from ..errors import ArgumentError
 from ..registry import PRUNERS
-from .criteria import Criterion, MagnitudeLevel, MagnitudeThreshold, RankedStructures, StdThreshold
+from .criteria import (
+    Criterion,
+    GlobalMagnitudeLevel,
+    MagnitudeLevel,
+    MagnitudeThreshold,
+    RankedStructures,
+    StdThreshold,
+)
 from .levels import AGPLevel, ConstantLevel
 from .pruner import Level, Pruner, Target
 
@@ -49,17 +56,31 @@ def _targets(weights: list[str], criterion: Criterion, schedule: Level, leader: 
     return [Target((w,), criterion, schedule, ("weights", i)) for i, w in enumerate(weights)]
 
 
+def _round_to(value: int) -> int:
+    if value < 1:
+        raise ArgumentError("round_to", f"round_to must be >= 1, got {value}",
+                            hint="8 keeps a multiple of 8 channels in each group; 1 rounds nothing")
+    return value
+
+
 def _structured(p: Literal[1, 2], group_type: str, weights: list[str], schedule: Level,
-                group_dependency: str | None) -> list[Target]:
-    criterion = RankedStructures(p, GROUP_KINDS[group_type], leader=group_dependency == "Leader")
+                group_dependency: str | None, round_to: int) -> list[Target]:
+    criterion = RankedStructures(p, GROUP_KINDS[group_type], leader=group_dependency == "Leader",
+                                 round_to=_round_to(round_to))
     return _targets(_weights(weights), criterion, schedule, group_dependency == "Leader")
 
 
 @PRUNERS.register()
 def AutomatedGradualPruner(initial_sparsity: float, final_sparsity: float, weights: list[str],
-                           name: str | None = None) -> Pruner:
-    """Element-wise magnitude pruning along the AGP curve (Zhu & Gupta)."""
-    return Pruner(_targets(_weights(weights), MagnitudeLevel(), _agp(initial_sparsity, final_sparsity), False), name)
+                           global_ranking: bool = False, name: str | None = None) -> Pruner:
+    """Element-wise magnitude pruning along the AGP curve (Zhu & Gupta).
+
+    `global_ranking` (not in Distiller): the level applies to all listed weights together, ranked by
+    magnitude across them, instead of to each weight alone.
+    """
+    criterion = GlobalMagnitudeLevel() if global_ranking else MagnitudeLevel()
+    return Pruner(_targets(_weights(weights), criterion, _agp(initial_sparsity, final_sparsity), global_ranking),
+                  name)
 
 
 @PRUNERS.register()
@@ -90,7 +111,8 @@ def SensitivityPruner(sensitivities: dict[str, float], name: str | None = None) 
 
 
 def _ranked(p: Literal[1, 2], name: str | None, reg_regims: dict[str, list] | None, group_type: str | None,
-            desired_sparsity: float | None, weights: list[str] | None, group_dependency: str | None) -> Pruner:
+            desired_sparsity: float | None, weights: list[str] | None, group_dependency: str | None,
+            round_to: int) -> Pruner:
     if reg_regims is not None:
         if any(v is not None for v in (group_type, desired_sparsity, weights)):
             raise ValueError("give either reg_regims or group_type/desired_sparsity/weights, not both")
@@ -108,11 +130,12 @@ def _ranked(p: Literal[1, 2], name: str | None, reg_regims: dict[str, list] | No
             if len(kinds) > 1 or len(levels) > 1:
                 raise ArgumentError("group_dependency", "a Leader group needs one sparsity and one group type "
                                     "for all its weights")
-            crit = RankedStructures(p, kinds.pop(), leader=True)
+            crit = RankedStructures(p, kinds.pop(), leader=True, round_to=_round_to(round_to))
             return Pruner([Target(tuple(w for w, _ in items), crit, ConstantLevel(levels.pop()), ("reg_regims",))],
                           name)
         for w, (level, gtype) in items:
-            targets.append(Target((w,), RankedStructures(p, GROUP_KINDS[gtype]), ConstantLevel(float(level)),
+            targets.append(Target((w,), RankedStructures(p, GROUP_KINDS[gtype], round_to=_round_to(round_to)),
+                                  ConstantLevel(float(level)),
                                   ("reg_regims", w)))
         return Pruner(targets, name)
     missing = [k for k, v in (("group_type", group_type), ("desired_sparsity", desired_sparsity),
@@ -120,41 +143,46 @@ def _ranked(p: Literal[1, 2], name: str | None, reg_regims: dict[str, list] | No
     if missing:
         raise ValueError(f"missing {', '.join(missing)} (or give reg_regims: {{weight: [sparsity, '3D']}})")
     level = ConstantLevel(_check_level("desired_sparsity", desired_sparsity))
-    return Pruner(_structured(p, group_type, weights, level, group_dependency), name)
+    return Pruner(_structured(p, group_type, weights, level, group_dependency, round_to), name)
 
 
 @PRUNERS.register()
 def L1RankedStructureParameterPruner(reg_regims: dict[str, list] | None = None, group_type: GroupType | None = None,
                                      desired_sparsity: float | None = None, weights: list[str] | None = None,
-                                     group_dependency: Literal["Leader"] | None = None,
+                                     group_dependency: Literal["Leader"] | None = None, round_to: int = 1,
                                      name: str | None = None) -> Pruner:
-    """One-shot pruning of the filters / channels with the smallest L1 norm (Li et al. 2017)."""
-    return _ranked(1, name, reg_regims, group_type, desired_sparsity, weights, group_dependency)
+    """One-shot pruning of the filters / channels with the smallest L1 norm (Li et al. 2017).
+
+    `round_to` (not in Distiller): each group keeps a multiple of that many channels (rounded up).
+    """
+    return _ranked(1, name, reg_regims, group_type, desired_sparsity, weights, group_dependency, round_to)
 
 
 @PRUNERS.register()
 def L2RankedStructureParameterPruner(reg_regims: dict[str, list] | None = None, group_type: GroupType | None = None,
                                      desired_sparsity: float | None = None, weights: list[str] | None = None,
-                                     group_dependency: Literal["Leader"] | None = None,
+                                     group_dependency: Literal["Leader"] | None = None, round_to: int = 1,
                                      name: str | None = None) -> Pruner:
     """One-shot pruning of the filters / channels with the smallest L2 norm."""
-    return _ranked(2, name, reg_regims, group_type, desired_sparsity, weights, group_dependency)
+    return _ranked(2, name, reg_regims, group_type, desired_sparsity, weights, group_dependency, round_to)
 
 
 @PRUNERS.register()
 def L1RankedStructureParameterPruner_AGP(initial_sparsity: float, final_sparsity: float, group_type: GroupType,
                                          weights: list[str], group_dependency: Literal["Leader"] | None = None,
-                                         name: str | None = None) -> Pruner:
+                                         round_to: int = 1, name: str | None = None) -> Pruner:
     """Filters / channels with the smallest L1 norm, pruned along the AGP curve."""
-    return Pruner(_structured(1, group_type, weights, _agp(initial_sparsity, final_sparsity), group_dependency), name)
+    return Pruner(_structured(1, group_type, weights, _agp(initial_sparsity, final_sparsity), group_dependency,
+                              round_to), name)
 
 
 @PRUNERS.register()
 def L2RankedStructureParameterPruner_AGP(initial_sparsity: float, final_sparsity: float, group_type: GroupType,
                                          weights: list[str], group_dependency: Literal["Leader"] | None = None,
-                                         name: str | None = None) -> Pruner:
+                                         round_to: int = 1, name: str | None = None) -> Pruner:
     """Filters / channels with the smallest L2 norm, pruned along the AGP curve."""
-    return Pruner(_structured(2, group_type, weights, _agp(initial_sparsity, final_sparsity), group_dependency), name)
+    return Pruner(_structured(2, group_type, weights, _agp(initial_sparsity, final_sparsity), group_dependency,
+                              round_to), name)
 
 
 CRITERIA = {"magnitude": None, "l1": 1, "l2": 2}
@@ -164,7 +192,7 @@ CRITERIA = {"magnitude": None, "l1": 1, "l2": 2}
 def GenericPruner(weights: list[str], final_sparsity: float, criterion: Literal["magnitude", "l1", "l2"] = "magnitude",
                   group_type: Literal["Element", "3D", "Filters", "Channels", "Rows", "Cols"] = "Element",
                   initial_sparsity: float | None = None, group_dependency: Literal["Leader"] | None = None,
-                  name: str | None = None) -> Pruner:
+                  round_to: int = 1, name: str | None = None) -> Pruner:
     """Any criterion with any level schedule: one-shot when initial_sparsity is omitted, else AGP."""
     if (criterion == "magnitude") != (group_type == "Element"):
         raise ArgumentError("criterion", f"criterion '{criterion}' does not go with group_type '{group_type}'",
@@ -176,7 +204,10 @@ def GenericPruner(weights: list[str], final_sparsity: float, criterion: Literal[
     if criterion == "magnitude":
         if group_dependency is not None:
             raise ArgumentError("group_dependency", "element-wise pruning has no groups to lead")
+        if round_to != 1:
+            raise ArgumentError("round_to", "element-wise pruning has no channels to round",
+                                hint="round_to goes with criterion l1 / l2 on Filters or Channels")
         return Pruner(_targets(_weights(weights), MagnitudeLevel(), schedule, False), name)
-    return Pruner(_structured(CRITERIA[criterion], group_type, weights, schedule, group_dependency), name)
+    return Pruner(_structured(CRITERIA[criterion], group_type, weights, schedule, group_dependency, round_to), name)
 
 

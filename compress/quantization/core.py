@@ -525,6 +525,6 @@ def is_quantized(module: nn.Module) -> bool:
     return isinstance(module, (QuantLayer, QuantActivation))
 
 
-def act_quants(model: nn.Module) -> list[ActQuant]:
-    """Every activation quantizer in `model`."""
-    return [m for m in model.modules() if isinstance(m, ActQuant)]
+def act_quants(model: nn.Module, mode: str | None = None) -> list[ActQuant]:
+    """Every activation quantizer in `model` (of range `mode` only, when given)."""
+    return [m for m in model.modules() if isinstance(m, ActQuant) and mode in (None, m.mode)]

@@ -41,6 +41,13 @@ BASE_SETTINGS: dict[str, tuple[type, ...]] = {
     "bits_bias": (int, type(None)),
     "quantize_bias": (bool,),
 }
+#: settings only an override sets (they concern particular layers)
+OVERRIDE_SETTINGS: dict[str, tuple[type, ...]] = {
+    # [lo, hi]: a fixed range for the layer's input quantizer instead of a tracked / calibrated one. For a
+    # network input that is an 8-bit image / 255, [0, 1] puts the 8-bit grid on the image's own values, so
+    # quantizing the input loses nothing (a measured range clips and re-rounds it).
+    "input_range": (list,),
+}
 
 
 def _check_bits(key: str | tuple, value: int | None, top: int) -> None:
@@ -63,9 +70,10 @@ class Quantizer(Component):
         _check_bits("bits_bias", bits_bias, 32)
         self.model, self.optimizer, self.name = model, optimizer, name
         self.defaults: dict[str, Any] = {"bits_activations": bits_activations, "bits_weights": bits_weights,
-                                         "bits_bias": bits_bias, "quantize_bias": quantize_bias, **extra}
+                                         "bits_bias": bits_bias, "quantize_bias": quantize_bias,
+                                         "input_range": None, **extra}
         self.overrides: list[tuple[re.Pattern[str], dict[str, Any]]] = []
-        allowed = {**BASE_SETTINGS, **self.extra_settings}
+        allowed = {**BASE_SETTINGS, **OVERRIDE_SETTINGS, **self.extra_settings}
         names = [canonical(n) for n, _ in model.named_modules() if n] if model is not None else None
         for pattern, settings in (overrides or {}).items():
             try:
@@ -86,6 +94,10 @@ class Quantizer(Component):
                     raise ArgumentError(("overrides", pattern, key), f"must be {kinds}, got {value!r}")
                 if key.startswith("bits_"):
                     _check_bits(("overrides", pattern, key), value, 32 if key == "bits_bias" else 16)
+                if key == "input_range" and not (len(value) == 2 and all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and value[0] < value[1]):
+                    raise ArgumentError(("overrides", pattern, key), f"must be [lo, hi] with lo < hi, got {value!r}",
+                                        hint="e.g. [0.0, 1.0] for an image scaled to [0, 1]")
             if names is not None and not any(regex.fullmatch(n) for n in names):
                 near = did_you_mean(pattern, names)
                 raise ArgumentError(("overrides", pattern), "matches no module of the model",
@@ -118,6 +130,13 @@ class Quantizer(Component):
         """A layer's input (when not already quantized) or output quantizer: range tracked while training."""
         return ActQuant(bits, "ema", "asym", ema_decay=0.999)
 
+    def _input_quant(self, settings: dict[str, Any], bits: int) -> ActQuant:
+        """A layer's input quantizer: on the override's fixed `input_range`, else as io_quant."""
+        if settings["input_range"] is not None:
+            lo, hi = settings["input_range"]
+            return ActQuant(bits, "fixed", "asym", lo=float(lo), hi=float(hi))
+        return self.io_quant(settings, bits)
+
     # ---- prepare ------------------------------------------------------------------------------
     def fold(self, ctx: Context) -> None:
         """Hook for model changes before quantization (post-training: fold BatchNorm)."""
@@ -140,7 +159,7 @@ class Quantizer(Component):
                 module.__class__ = QUANT_LAYERS[kind]
                 module.weight_quant = (self.weight_quant(settings, axis, kind is not nn.ConvTranspose2d)
                                        if bits_w is not None else None)
-                module.input_quant = self.io_quant(settings, bits_a) if bits_a is not None else None
+                module.input_quant = self._input_quant(settings, bits_a) if bits_a is not None else None
                 module.output_quant = self.io_quant(settings, max(8, bits_a)) if bits_a is not None else None
                 if not settings["quantize_bias"]:
                     module.bias_bits = None
@@ -326,11 +345,10 @@ class PACTQuantizer(Quantizer):
     def clip_parameters(self) -> list[nn.Parameter]:
         """The learned clips (alpha, and alpha_neg for signed activations)."""
         params = []
-        for q in act_quants(self.model):
-            if q.mode == "learned":
-                params.append(q.clip_hi)
-                if q.signed:
-                    params.append(q.clip_lo)
+        for q in act_quants(self.model, "learned"):
+            params.append(q.clip_hi)
+            if q.signed:
+                params.append(q.clip_lo)
         return params
 
     def after_prepare(self, ctx: Context) -> None:
@@ -439,7 +457,7 @@ class PostTrainLinearQuantizer(QuantAwareTrainRangeLinearQuantizer):
             self._start_calibration()
 
     def _start_calibration(self) -> None:
-        for q in act_quants(self.model):
+        for q in act_quants(self.model, "calib"):
             q.calibrating = True
         self._seen = 0
         if self._hook is None:
@@ -452,7 +470,7 @@ class PostTrainLinearQuantizer(QuantAwareTrainRangeLinearQuantizer):
 
     def finish_calibration(self) -> None:
         """Fix every activation range from the statistics seen so far; quantization is on from now."""
-        for q in act_quants(self.model):
+        for q in act_quants(self.model, "calib"):
             q.calibrating = False
             q.finish_calibration()
         if self._hook is not None:
@@ -468,7 +486,7 @@ class PostTrainLinearQuantizer(QuantAwareTrainRangeLinearQuantizer):
         was_training = self.model.training
         self.model.eval()
         if self.calibrated:
-            for q in act_quants(self.model):
+            for q in act_quants(self.model, "calib"):
                 q.stats.zero_()
                 q.stats[5], q.stats[6] = float("inf"), float("-inf")
             self.calibrated = False
@@ -490,7 +508,7 @@ class PostTrainLinearQuantizer(QuantAwareTrainRangeLinearQuantizer):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         if self._prepared and state.get("calibrated", False) and not self.calibrated:
-            for q in act_quants(self.model):
+            for q in act_quants(self.model, "calib"):
                 q.calibrating = False
             if self._hook is not None:
                 self._hook.remove()

@@ -142,8 +142,51 @@ def test_fast_path_skips_layers_before_the_pruned_one():
     n_batches, n_levels = 3, len(DEFAULT_SPARSITIES)
     # whole-model path: baseline + every changed level of 3 weights, each over every batch
     assert slow_calls == n_batches * (1 + 3 * (n_levels - 1))
-    # cached path: baseline, c1's own 9 levels, then once per later weight to fill the cache
-    assert fast_calls == n_batches * (1 + (n_levels - 1) + 2)
+    # cached path: baseline, c1's own 9 levels, then once per later weight to fill the cache, plus the
+    # channels-last check on the first batch (plain forward and traced run)
+    assert fast_calls == n_batches * (1 + (n_levels - 1) + 2) + 2
+
+
+class Flattening(nn.Module):
+    """`.view()` after a conv: fails on a channels-last tensor, so 'auto' must fall back to NCHW."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 12 * 12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c1(x)
+        return self.fc(h.view(h.shape[0], -1))
+
+
+@pytest.mark.parametrize("net", [Chain, Flattening])
+def test_memory_format_auto_matches_contiguous(net, caplog):
+    import apputils.sensitivity as sens
+
+    torch.manual_seed(0)
+    model = net()
+    ev = Evaluation(data((1, 12, 12) if net is Chain else (3,)), mse_metrics)
+    chosen = []
+    real = sens.choose_memory_format
+
+    def spy(runner, *args):
+        real(runner, *args)
+        chosen.append(runner.channels_last)
+
+    sens.choose_memory_format = spy
+    try:
+        with caplog.at_level("INFO", logger="apputils.sensitivity"):
+            auto = sensitivity_analysis(model, None, ev, "element", progress=False)
+    finally:
+        sens.choose_memory_format = real
+    nchw = sensitivity_analysis(model, None, ev, "element", memory_format="contiguous", progress=False)
+    assert chosen == [net is Chain]
+    if net is Flattening:
+        assert "does not run channels-last" in caplog.text
+    pd.testing.assert_frame_equal(auto, nchw, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="memory_format='nhwc' is not supported"):
+        sensitivity_analysis(model, None, ev, "element", memory_format="nhwc", progress=False)
 
 
 def test_element_levels_prune_exactly_and_level_zero_is_baseline():
@@ -326,3 +369,18 @@ def test_evaluation_with_dict_batches_and_split_weights_batches_by_size():
 def test_evaluation_refuses_batches_that_are_not_pairs():
     with pytest.raises(TypeError, match="split\\(batch\\)"):
         Evaluation([torch.zeros(1, 1, 4, 4)], mse_metrics)(Chain())
+
+
+def test_narrow_output_layer_levels_run_stacked(monkeypatch):
+    import apputils.sensitivity as sens
+
+    model = Chain()  # c3 has one output channel: its 9 changed levels fit one stacked convolution
+    ev = Evaluation(data((1, 12, 12)), mse_metrics)
+    used = []
+    real = sens._CachedEvaluation.stacked
+    monkeypatch.setattr(sens._CachedEvaluation, "stacked",
+                        lambda self, steps, bar: used.append(r := real(self, steps, bar)) or r)
+    fast = sensitivity_analysis(model, None, ev, "element", progress=False)
+    assert [r is not None for r in used] == [False, False, True]  # c1, c2 are too wide
+    slow = sensitivity_analysis(model, None, ev, "element", use_cache=False, progress=False)
+    pd.testing.assert_frame_equal(fast, slow, rtol=1e-6, atol=1e-9)

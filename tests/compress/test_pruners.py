@@ -36,6 +36,48 @@ def test_count_to_prune_is_floor(level, n, expected):
     assert count_to_prune(level, n) == expected
 
 
+@pytest.mark.parametrize("level,n,round_to,expected", [(0.5, 56, 8, 24), (0.5, 12, 8, 4), (0.1, 12, 8, 0),
+                                                       (0.9, 12, 8, 4), (0.5, 64, 16, 32), (0.5, 28, 1, 14)])
+def test_count_to_prune_rounds_the_kept_count_up(level, n, round_to, expected):
+    assert count_to_prune(level, n, round_to) == expected
+
+
+def test_agp_global_ranking_prunes_the_smallest_across_weights():
+    model = Plain()
+    with torch.no_grad():
+        model.conv2.weight.mul_(10.0)  # conv2's weights are all larger: conv3 / conv1 must give up more
+    opt = sgd(model)
+    weights = ["conv1.weight", "conv2.weight", "conv3.weight"]
+    mags = torch.cat([dict(model.named_parameters())[w].detach().abs().flatten() for w in weights])
+    sched = compress.dict_config(model, opt, {"pruners": {"agp": {
+        "class": "AutomatedGradualPruner", "initial_sparsity": 0.5, "final_sparsity": 0.5, "weights": weights,
+        "global_ranking": True}}, "policies": [{"pruner": {"instance_name": "agp"}, "epochs": [0]}]})
+    sched.on_epoch_begin(0, opt)
+    params = dict(model.named_parameters())
+    zero = torch.cat([(params[w] == 0).flatten() for w in weights])
+    assert int(zero.sum()) == math.floor(0.5 * mags.numel())
+    assert mags[zero].max() <= mags[~zero].min()  # exactly the globally smallest
+    assert float((params["conv2.weight"] == 0).float().mean()) < 0.5 < float((params["conv3.weight"] == 0).float().mean())
+
+
+def test_round_to_keeps_a_multiple_of_channels_and_is_checked():
+    model = Plain(c=12)
+    opt = sgd(model)
+    sched = compress.dict_config(model, opt, {"pruners": {"f": {
+        "class": "L1RankedStructureParameterPruner", "reg_regims": {"conv2.weight": [0.5, "3D"]}, "round_to": 8}},
+        "policies": [{"pruner": {"instance_name": "f"}, "epochs": [0]}]})
+    norms = model.conv2.weight.detach().flatten(1).abs().sum(1)
+    sched.on_epoch_begin(0, opt)
+    zero = (model.conv2.weight.flatten(1) == 0).all(dim=1)
+    assert int(zero.sum()) == 4  # 6 kept would be asked; rounded up to 8
+    assert sorted(torch.nonzero(zero).flatten().tolist()) == sorted(torch.argsort(norms)[:4].tolist())
+    with pytest.raises(compress.ScheduleError, match="round_to must be >= 1"):
+        compress.dict_config(Plain(), None, {"pruners": {"f": {
+            "class": "Pruner", "criterion": "l1", "group_type": "Filters", "final_sparsity": 0.5,
+            "weights": ["conv2.weight"], "round_to": 0}},
+            "policies": [{"pruner": {"instance_name": "f"}, "epochs": [0]}]})
+
+
 def test_magnitude_level_prunes_exactly_floor_and_smallest():
     w = torch.arange(1, 11, dtype=torch.float32).view(2, 5) * torch.tensor([1, -1] * 5).view(2, 5)
     mask = magnitude_level_mask(w, 0.35)

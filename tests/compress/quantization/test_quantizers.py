@@ -103,6 +103,8 @@ def test_overrides_first_match_wins():
     ({"conv1": {"bits_weight": 4}}, "quantizers.q.overrides.conv1.bits_weight", "did you mean 'bits_weights'"),
     ({"conv9": {"bits_weights": 4}}, "quantizers.q.overrides.conv9", "matches no module"),
     ({"conv1": {"bits_weights": 40}}, "quantizers.q.overrides.conv1.bits_weights", "from 1 to 16"),
+    ({"conv1": {"input_range": [1.0, 0.0]}}, "quantizers.q.overrides.conv1.input_range", "lo < hi"),
+    ({"conv1": {"input_range": 1.0}}, "quantizers.q.overrides.conv1.input_range", "must be list"),
 ])
 def test_bad_overrides_are_refused_with_their_key(overrides, where, message):
     with pytest.raises(compress.ScheduleError) as err:
@@ -239,6 +241,28 @@ def test_explicit_calibration():
     q.prepare(compress.Context(model, None, compress.MaskStore(model), None))
     q.calibrate([torch.rand(1, 1, 8, 8) for _ in range(3)])
     assert q.calibrated and q.state_dict()["active"] and bool(model.act2.act_quant.initialized)
+
+
+@pytest.mark.parametrize("cls", ["PostTrainLinearQuantizer", "QuantAwareTrainRangeLinearQuantizer"])
+def test_input_range_puts_the_grid_on_8_bit_images(cls):
+    """An 8-bit image / 255 passes an input quantizer on [0, 1] unchanged; a measured range re-rounds it."""
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(40, 200, (2, 1, 8, 8), generator=g).float() / 255 for _ in range(3)]
+    quantized = {}
+    for name, overrides in (("fixed", {"conv1": {"input_range": [0.0, 1.0]}}), ("measured", None)):
+        model = PNet().train(cls != "PostTrainLinearQuantizer")
+        sched = compress.dict_config(model, None, schedule({"class": cls, "calibration_batches": 3,
+                                                           "overrides": overrides} if cls.startswith("Post")
+                                                          else {"class": cls, "overrides": overrides}))
+        sched.on_epoch_begin(0)
+        with torch.no_grad():
+            for x in images:  # calibration batches, or EMA steps
+                model(x)
+        iq = model.conv1.input_quant
+        assert iq.mode == ("fixed" if name == "fixed" else "calib" if cls.startswith("Post") else "ema")
+        quantized[name] = iq(images[0])
+    assert torch.allclose(quantized["fixed"], images[0], atol=1e-6)
+    assert (quantized["measured"] - images[0]).abs().max() > 1e-3
 
 
 def test_fold_batchnorm_keeps_outputs():
