@@ -1,6 +1,6 @@
 """Multiply-accumulate counts per layer, dense and effective (non-zero weights only).
 
-Counted per input sample (as compress.thinning.count_macs), on the given input, by forward hooks on
+Counted per input sample by compress.thinning.stats.call_macs (which count_macs sums), on the given input, by forward hooks on
 every convolution (1-3 D, transposed, grouped and depthwise) and linear layer; biases, activations
 and element-wise ops are not MACs. Formulas, with W the weight:
 
@@ -13,7 +13,6 @@ Volumes (elements of input, output) are per sample too; shapes are shown as seen
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from compress.masks import canonical
+from compress.thinning.stats import call_macs
 
 from .workbooks import write_table_with_bar_chart
 
@@ -57,27 +57,6 @@ def _attributes(module: nn.Module) -> str:
     return f"in={module.in_features} out={module.out_features}"
 
 
-def _batch(t: torch.Tensor, batched_dims: int) -> int:
-    """The batch size of a layer input/output (1 for unbatched tensors)."""
-    return int(t.shape[0]) if t.dim() == batched_dims and t.dim() > 0 else 1
-
-
-def _count(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int, int]:
-    """(dense MACs, effective MACs, batch size) of one call, MACs per sample."""
-    w = module.weight.detach()
-    numel, nnz = w.numel(), int((w != 0).sum())
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        n = _batch(x, w.dim())
-        sites = math.prod(x.shape[-(w.dim() - 2):]) if w.dim() > 2 else 1
-    elif isinstance(module, nn.modules.conv._ConvNd):
-        n = _batch(y, w.dim())
-        sites = math.prod(y.shape[-(w.dim() - 2):]) if w.dim() > 2 else 1
-    else:  # Linear: every row of the input (all dims but the last) is one matrix-vector product
-        n = _batch(x, 3) if x.dim() >= 3 else _batch(x, 2)
-        sites = math.prod(x.shape[:-1]) // n
-    return sites * numel, sites * nnz, n
-
-
 def _shape(t: Any) -> str:
     return "x".join(str(v) for v in t.shape) if torch.is_tensor(t) else type(t).__name__
 
@@ -99,7 +78,7 @@ def layer_macs(model: nn.Module, dummy_input: torch.Tensor | Sequence[torch.Tens
         base = names[module]
         calls[base] = calls.get(base, 0) + 1
         name = base if calls[base] == 1 else f"{base}#{calls[base]}"
-        dense, effective, n = _count(module, x, y)
+        dense, effective, n = call_macs(module, x, y)
         records.append(LayerMacs(name, type(module).__name__, _attributes(module), _shape(x), _shape(y),
                                  x.numel() // n, y.numel() // n, module.weight.numel(),
                                  int((module.weight != 0).sum()), dense, effective))

@@ -87,8 +87,8 @@ def _set_export_mode(model: nn.Module, on: bool) -> None:
             m._export_w = None
 
 
-def _output_step(model: nn.Module, dummy_input: torch.Tensor) -> float:
-    """The grid step of the last activation quantizer that runs (the output's quantization step)."""
+def _act_quants_that_run(model: nn.Module, dummy_input: torch.Tensor) -> list[ActQuant]:
+    """The activation quantizers a forward pass on `dummy_input` calls, in call order."""
     order: list[ActQuant] = []
     handles = [q.register_forward_hook(lambda mod, a, o: order.append(mod))
                for q in model.modules() if isinstance(q, ActQuant)]
@@ -98,7 +98,12 @@ def _output_step(model: nn.Module, dummy_input: torch.Tensor) -> float:
     finally:
         for h in handles:
             h.remove()
-    ran = [q for q in order if q.enabled and bool(q.initialized)]
+    return order
+
+
+def _output_step(model: nn.Module, dummy_input: torch.Tensor) -> float:
+    """The grid step of the last activation quantizer that runs (the output's quantization step)."""
+    ran = [q for q in _act_quants_that_run(model, dummy_input) if q.enabled and bool(q.initialized)]
     return float(ran[-1].grid().scale) if ran else 0.0
 
 
@@ -127,15 +132,7 @@ def _prepare_quantized(model: nn.Module, dummy_input: torch.Tensor) -> bool:
             m.calibrating = False
             m.finish_calibration()
         calibrated_here = True
-    called: set[int] = set()
-    handles = [m.register_forward_hook(lambda mod, a, o: called.add(id(mod)))
-               for m in model.modules() if isinstance(m, ActQuant)]
-    try:
-        with torch.no_grad():
-            model(dummy_input)
-    finally:
-        for h in handles:
-            h.remove()
+    called = {id(q) for q in _act_quants_that_run(model, dummy_input)}
     missing = [n for n, m in model.named_modules() if isinstance(m, ActQuant) and id(m) in called
                and m.enabled and not bool(m.initialized)]
     if missing:
