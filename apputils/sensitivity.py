@@ -460,7 +460,7 @@ class _CachedEvaluation:
                 acc.add(self.evaluation.metrics(self.runner.run_suffix(self.start, cached), y), n)
         return acc.result()
 
-    def stacked(self, steps: list[_Step], bar: Any) -> list[Metrics] | None:
+    def stacked(self, steps: list[_Step]) -> list[Metrics] | None:
         """Metrics of every step at once when the pruned layer is a narrow-output Conv2d (an image
         network's output layer): one convolution with the levels' weights stacked as output channels
         costs about as much as one level (CPU kernels are inefficient for 1-3 output channels), then the
@@ -483,7 +483,6 @@ class _CachedEvaluation:
                 for acc, out in zip(accs, outs, strict=True):
                     acc.add(self.evaluation.metrics(self.runner.run_suffix(self.start + 1, {**cached, node: out}),
                                                     y), n)
-        bar.update(len(steps))
         return [acc.result() for acc in accs]
 
 
@@ -491,11 +490,9 @@ def _analyse(model: nn.Module, params: dict[str, nn.Parameter], names: list[str]
              sense_type: str, resolver: GroupResolver, test_func: Any, runner: _PartialRunner | None,
              memory_format: str, progress: bool) -> list[dict[str, Any]]:
     cached = _CachedEvaluation(runner, test_func, _device_of(model)) if runner is not None else None
+    baseline = _call_test(test_func, model)  # the model as it runs normally: the reference
     if cached is not None:
-        baseline = _call_test(test_func, model)  # the model as it runs normally: the reference
         choose_memory_format(cached.runner, model, cached.batches[0][0], memory_format)
-    else:
-        baseline = _call_test(test_func, model)
 
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(names) * len(levels), desc=f"sensitivity ({sense_type})", disable=not progress,
@@ -509,7 +506,7 @@ def _analyse(model: nn.Module, params: dict[str, nn.Parameter], names: list[str]
             if changed and cached is not None:
                 # the group's members are the same at every level
                 cached.cache_at(cached.runner.first_use(changed[0].new_values))
-                stacked = cached.stacked(changed, bar)
+                stacked = cached.stacked(changed)
                 if stacked is not None:
                     results = {id(s): m for s, m in zip(changed, stacked, strict=True)}
             for step in steps:
@@ -520,11 +517,9 @@ def _analyse(model: nn.Module, params: dict[str, nn.Parameter], names: list[str]
                 else:
                     run = cached if cached is not None else (lambda: _call_test(test_func, model))
                     metrics = _with_values(params, step.new_values, run)
-                    bar.update(1)
                 rows.append({"parameter": name, "sparsity": step.level, "actual_sparsity": step.actual,
                              **metrics})
-                if not step.changed:
-                    bar.update(1)
+                bar.update(1)
     finally:
         bar.close()
     return rows

@@ -18,7 +18,7 @@ from .criteria import (
     StdThreshold,
 )
 from .levels import AGPLevel, ConstantLevel
-from .pruner import Level, Pruner, Target
+from .pruner import WILDCARD, Level, Pruner, Target
 
 GroupType = Literal["3D", "Filters", "Channels", "Rows", "Cols"]
 #: Distiller's group types -> the dimension kind they prune ('3D' and 'Rows' are filters / output rows).
@@ -78,6 +78,9 @@ def AutomatedGradualPruner(initial_sparsity: float, final_sparsity: float, weigh
     `global_ranking` (not in Distiller): the level applies to all listed weights together, ranked by
     magnitude across them, instead of to each weight alone.
     """
+    if global_ranking and WILDCARD in weights:
+        raise ArgumentError("weights", f"'{WILDCARD}' cannot be ranked globally",
+                            hint="list the weights to rank together by name, or drop global_ranking")
     criterion = GlobalMagnitudeLevel() if global_ranking else MagnitudeLevel()
     return Pruner(_targets(_weights(weights), criterion, _agp(initial_sparsity, final_sparsity), global_ranking),
                   name)

@@ -379,7 +379,7 @@ def test_narrow_output_layer_levels_run_stacked(monkeypatch):
     used = []
     real = sens._CachedEvaluation.stacked
     monkeypatch.setattr(sens._CachedEvaluation, "stacked",
-                        lambda self, steps, bar: used.append(r := real(self, steps, bar)) or r)
+                        lambda self, steps: used.append(r := real(self, steps)) or r)
     fast = sensitivity_analysis(model, None, ev, "element", progress=False)
     assert [r is not None for r in used] == [False, False, True]  # c1, c2 are too wide
     slow = sensitivity_analysis(model, None, ev, "element", use_cache=False, progress=False)

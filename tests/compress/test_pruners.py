@@ -58,6 +58,11 @@ def test_agp_global_ranking_prunes_the_smallest_across_weights():
     assert int(zero.sum()) == math.floor(0.5 * mags.numel())
     assert mags[zero].max() <= mags[~zero].min()  # exactly the globally smallest
     assert float((params["conv2.weight"] == 0).float().mean()) < 0.5 < float((params["conv3.weight"] == 0).float().mean())
+    with pytest.raises(compress.ScheduleError, match="cannot be ranked globally"):
+        compress.dict_config(Plain(), None, {"pruners": {"agp": {
+            "class": "AutomatedGradualPruner", "initial_sparsity": 0.1, "final_sparsity": 0.5,
+            "weights": ["conv1.weight", "*"], "global_ranking": True}},
+            "policies": [{"pruner": {"instance_name": "agp"}, "epochs": [0]}]})
 
 
 def test_round_to_keeps_a_multiple_of_channels_and_is_checked():
