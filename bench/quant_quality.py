@@ -135,7 +135,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=36)
     p.add_argument("--lr", type=float, default=1e-3, help="dense pre-training LR")
-    p.add_argument("--ft_lr", type=float, default=2e-4, help="fine-tuning LR (every variant)")
+    p.add_argument("--ft_lr", type=float, default=1e-3,
+                   help="fine-tuning LR (every variant; QAT needs it high enough to move weights onto the grid)")
     p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
     p.add_argument("--runs", type=int, default=50, help="timed ONNX Runtime runs per model")
     p.add_argument("--size", type=int, default=256, help="latency input is 1 x 1 x size x size")
