@@ -17,6 +17,17 @@ def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, padding=k // 2)
 
 
+def _fsrcnn_body(num_channels: int, d: int, s: int, m: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """FSRCNN's first_part (5x5 conv + PReLU) and mid_part (1x1 shrink, m 3x3 convs, 1x1 expand, each
+    with PReLU), laid out so the parameters are mid_part.0.0, mid_part.1, ..., mid_part.9.0 (m = 4)."""
+    first = nn.Sequential(_conv(num_channels, d, 5), nn.PReLU(d))
+    mid: list[nn.Module] = [nn.Sequential(_conv(d, s, 1), nn.PReLU(s))]
+    for _ in range(m):
+        mid += [_conv(s, s, 3), nn.PReLU(s)]
+    mid.append(nn.Sequential(_conv(s, d, 1), nn.PReLU(d)))
+    return first, nn.Sequential(*mid)
+
+
 class C2SRCNN(nn.Module):
     """FSRCNN-style body run at HR resolution on the bicubic-upscaled Y image, plus a global residual.
 
@@ -30,12 +41,7 @@ class C2SRCNN(nn.Module):
     def __init__(self, num_channels: int = 1, upscale_factor: int = 2, d: int = 56, s: int = 12, m: int = 4):
         super().__init__()
         self.upscale_factor = upscale_factor
-        self.first_part = nn.Sequential(_conv(num_channels, d, 5), nn.PReLU(d))
-        mid: list[nn.Module] = [nn.Sequential(_conv(d, s, 1), nn.PReLU(s))]
-        for _ in range(m):
-            mid += [_conv(s, s, 3), nn.PReLU(s)]
-        mid.append(nn.Sequential(_conv(s, d, 1), nn.PReLU(d)))
-        self.mid_part = nn.Sequential(*mid)
+        self.first_part, self.mid_part = _fsrcnn_body(num_channels, d, s, m)
         self.last_part = _conv(d, num_channels, 5)
         for mod in self.modules():
             if isinstance(mod, nn.Conv2d):
@@ -90,12 +96,7 @@ class FSRCNN(nn.Module):
     def __init__(self, num_channels: int = 1, upscale_factor: int = 2, d: int = 56, s: int = 12, m: int = 4):
         super().__init__()
         self.upscale_factor = upscale_factor
-        self.first_part = nn.Sequential(_conv(num_channels, d, 5), nn.PReLU(d))
-        mid: list[nn.Module] = [nn.Sequential(_conv(d, s, 1), nn.PReLU(s))]
-        for _ in range(m):
-            mid += [_conv(s, s, 3), nn.PReLU(s)]
-        mid.append(nn.Sequential(_conv(s, d, 1), nn.PReLU(d)))
-        self.mid_part = nn.Sequential(*mid)
+        self.first_part, self.mid_part = _fsrcnn_body(num_channels, d, s, m)
         self.last_part = nn.ConvTranspose2d(d, num_channels, 9, stride=upscale_factor, padding=4,
                                             output_padding=upscale_factor - 1)
         nn.init.normal_(self.last_part.weight, std=1e-3)

@@ -46,7 +46,7 @@ OVERRIDE_SETTINGS: dict[str, tuple[type, ...]] = {
     # [lo, hi]: a fixed range for the layer's input quantizer instead of a tracked / calibrated one. For a
     # network input that is an 8-bit image / 255, [0, 1] puts the 8-bit grid on the image's own values, so
     # quantizing the input loses nothing (a measured range clips and re-rounds it).
-    "input_range": (list,),
+    "input_range": (list, tuple),
 }
 
 

@@ -15,6 +15,7 @@ from apputils.checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
+from tests.scheduled import run_scheduled
 
 AGP = {"version": 1,
        "pruners": {"p": {"class": "AutomatedGradualPruner", "initial_sparsity": 0.2, "final_sparsity": 0.6,
@@ -39,16 +40,7 @@ def _state(model, sched=None, opt=None, epoch=0):
 
 def _train(model, opt, sched, epochs):
     x = torch.rand(4, 1, 24, 24)
-    for epoch in range(epochs):
-        sched.on_epoch_begin(epoch, opt)
-        for i in range(3):
-            sched.on_minibatch_begin(epoch, i, 3, opt)
-            loss = sched.before_backward_pass(epoch, i, 3, ((model(x) - x) ** 2).mean(), opt)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.on_minibatch_end(epoch, i, 3, opt)
-        sched.on_epoch_end(epoch, opt)
+    run_scheduled(model, opt, sched, epochs, [(x, x)] * 3, loss=lambda out, y: ((out - y) ** 2).mean())
 
 
 def test_save_is_atomic_and_loads_weights_only(tmp_path):

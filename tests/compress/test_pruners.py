@@ -6,6 +6,7 @@ import torch
 
 import compress
 from compress.pruning.criteria import count_to_prune, magnitude_level_mask
+from tests.scheduled import run_scheduled
 
 from .nets import Plain, Residual, sgd
 
@@ -16,18 +17,8 @@ def sparsity(t: torch.Tensor) -> float:
 
 def run_epochs(model, sched, opt, epochs, minibatches=3, record=None):
     x = torch.randn(2, 1, 6, 6)
-    for e in range(epochs):
-        sched.on_epoch_begin(e, opt)
-        for i in range(minibatches):
-            sched.on_minibatch_begin(e, i, minibatches, opt)
-            if record is not None:
-                record(e, i)
-            loss = sched.before_backward_pass(e, i, minibatches, model(x).pow(2).mean(), opt)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.on_minibatch_end(e, i, minibatches, opt)
-        sched.on_epoch_end(e, opt)
+    run_scheduled(model, opt, sched, epochs, [(x, None)] * minibatches, record=record,
+                  loss=lambda out, _: out.pow(2).mean())
 
 
 @pytest.mark.parametrize("level,n,expected", [(0.29, 100, 29), (0.3, 10, 3), (0.7, 10, 7), (0.0, 5, 0),

@@ -4,6 +4,7 @@ import io
 import torch
 
 import compress
+from tests.scheduled import run_scheduled
 
 from .nets import Plain
 
@@ -35,20 +36,13 @@ def fresh():
     return model, opt, compress.dict_config(model, opt, SCHEDULE)
 
 
+def batch(epoch: int, i: int):
+    x = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(epoch * 100 + i))
+    return x, x
+
+
 def train(model, opt, sched, epochs):
-    for epoch in epochs:
-        sched.on_epoch_begin(epoch, opt)
-        for i in range(BATCHES):
-            g = torch.Generator().manual_seed(epoch * 100 + i)
-            x = torch.randn(2, 1, 6, 6, generator=g)
-            sched.on_minibatch_begin(epoch, i, BATCHES, opt)
-            loss = sched.before_backward_pass(epoch, i, BATCHES, (model(x) - x).pow(2).mean(), opt)
-            opt.zero_grad()
-            loss.backward()
-            sched.before_parameter_optimization(epoch, i, BATCHES, opt)
-            opt.step()
-            sched.on_minibatch_end(epoch, i, BATCHES, opt)
-        sched.on_epoch_end(epoch, opt)
+    run_scheduled(model, opt, sched, epochs, batch, minibatches=BATCHES)
 
 
 def test_resume_is_bit_exact():

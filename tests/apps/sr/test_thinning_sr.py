@@ -3,13 +3,13 @@ import copy
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import compress
 from apps.sr.models import C2SRCNN, build_model
 from apputils.checkpoint import load_checkpoint, rebuild_model, save_checkpoint
 from compress.pruning.groups import group_mask
 from compress.thinning import TracedGroups, count_macs, count_params, thin
+from tests.scheduled import run_scheduled
 
 SCHEDULE = Path(__file__).resolve().parents[3] / "schedules" / "sr" / "filter_prune.yaml"
 
@@ -45,16 +45,7 @@ def test_filter_prune_yaml_trains_saves_and_reloads_into_the_app_model(tmp_path)
     x, y = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     sched = compress.file_config(model, opt, SCHEDULE, dummy_input=x[:1])
-    for epoch in range(2):
-        sched.on_epoch_begin(epoch, opt)
-        for i in range(2):
-            sched.on_minibatch_begin(epoch, i, 2, opt)
-            loss = sched.before_backward_pass(epoch, i, 2, F.mse_loss(model(x), y), opt)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.on_minibatch_end(epoch, i, 2, opt)
-        sched.on_epoch_end(epoch, opt)
+    run_scheduled(model, opt, sched, 2, [(x, y)] * 2)
     assert model.mid_part[0][0].out_channels == 8 and model.mid_part[1].out_channels == 8
     assert model.mid_part[1].in_channels == 8 and model.mid_part[3].in_channels == 8
     ckpt = {"format": 1, "app": "SR", "arch": {"name": "C2SRCNN", "kwargs": {}}, "model": model.state_dict(),

@@ -15,6 +15,7 @@ from compress.quantization import (
     QuantLayer,
     fold_batchnorm,
 )
+from tests.scheduled import run_scheduled
 
 
 class PNet(nn.Module):
@@ -47,18 +48,7 @@ def batches(n: int = 3, seed: int = 1):
 
 
 def train(model, opt, sched, epochs, data):
-    for epoch in epochs:
-        sched.on_epoch_begin(epoch, opt)
-        for i, (x, y) in enumerate(data):
-            sched.on_minibatch_begin(epoch, i, len(data), opt)
-            loss = nn.functional.mse_loss(model(x), y)
-            loss = sched.before_backward_pass(epoch, i, len(data), loss, opt)
-            opt.zero_grad()
-            loss.backward()
-            sched.before_parameter_optimization(epoch, i, len(data), opt)
-            opt.step()
-            sched.on_minibatch_end(epoch, i, len(data), opt)
-        sched.on_epoch_end(epoch, opt)
+    run_scheduled(model, opt, sched, epochs, data)
 
 
 def test_constructor_leaves_model_alone_and_prepare_keeps_names():
@@ -104,7 +94,7 @@ def test_overrides_first_match_wins():
     ({"conv9": {"bits_weights": 4}}, "quantizers.q.overrides.conv9", "matches no module"),
     ({"conv1": {"bits_weights": 40}}, "quantizers.q.overrides.conv1.bits_weights", "from 1 to 16"),
     ({"conv1": {"input_range": [1.0, 0.0]}}, "quantizers.q.overrides.conv1.input_range", "lo < hi"),
-    ({"conv1": {"input_range": 1.0}}, "quantizers.q.overrides.conv1.input_range", "must be list"),
+    ({"conv1": {"input_range": 1.0}}, "quantizers.q.overrides.conv1.input_range", "must be list or tuple"),
 ])
 def test_bad_overrides_are_refused_with_their_key(overrides, where, message):
     with pytest.raises(compress.ScheduleError) as err:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import compress
 from compress.masks import MaskStore
 from compress.thinning import TracedGroups, thin
+from tests.scheduled import run_scheduled
 
 from .helpers import mask_half, randomize
 from .nets import ZOO, Residual
@@ -100,18 +101,9 @@ def test_schedule_thins_trains_saves_and_reloads(kind, tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     sched = compress.dict_config(model, opt, SCHEDULES[kind], dummy_input=x[:1])
     dense_params = sum(p.numel() for p in model.parameters())
-    for epoch in range(2):
-        sched.on_epoch_begin(epoch, opt)
-        for i in range(2):
-            sched.on_minibatch_begin(epoch, i, 2, opt)
-            loss = sched.before_backward_pass(epoch, i, 2, F.mse_loss(model(x), y), opt)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.on_minibatch_end(epoch, i, 2, opt)
-        sched.on_epoch_end(epoch, opt)
-        if epoch == 0:
-            assert sum(p.numel() for p in model.parameters()) < dense_params
+    run_scheduled(model, opt, sched, [0], [(x, y)] * 2)
+    assert sum(p.numel() for p in model.parameters()) < dense_params  # thinned at the end of epoch 0
+    run_scheduled(model, opt, sched, [1], [(x, y)] * 2)
     if kind == "filters":
         assert model.head.out_channels == 4 and model.b1[0][0].out_channels == 4
     else:
