@@ -163,12 +163,14 @@ def transform_to_onnx(model: nn.Module, onnx_file: str | os.PathLike, dummy_inpu
     """Export `model` to `onnx_file` (float, or INT8 QDQ with quantize_flag) and check it in ONNX Runtime.
 
     The check runs `dummy_input` through both and compares: float within 1e-4 everywhere, INT8 within
-    one quantization step of the output for at least 99.9% of the values (ONNX Runtime accumulates in
-    exact int32 where PyTorch sums floats, so a value lying on a rounding tie can land one step apart in
-    an inner layer and move a few output values by more; max_abs_diff reports it). The PyTorch side of an INT8 check is the model with exactly the
-    exported integer weights; where a weight grid does not fit int8 (8-bit DoReFa, asymmetric weights)
-    its distance to the QAT simulation is reported as simulation_max_abs_diff. Returns the check as a
-    dict (see ExportCheck) and logs it.
+    one quantization step of the output for at least 99.9% of the values. The PyTorch side of an INT8
+    check is the model with exactly the exported integer weights, and each quantized Conv2d computes
+    there what QLinearConv does (int32 sum, float32 requantization), so a model whose convolutions all
+    fuse matches ONNX Runtime exactly (max_abs_diff 0); layers without that form (ConvTranspose2d,
+    Linear, a clip narrower than the grid) sum floats, and a value on a rounding tie may land one step
+    apart. Where a weight grid does not fit int8 (8-bit DoReFa, asymmetric weights) its distance to the
+    QAT simulation is reported as simulation_max_abs_diff. Returns the check as a dict (see
+    ExportCheck) and logs it.
     """
     if not isinstance(dummy_input, torch.Tensor) or dummy_input.dim() < 2:
         raise ExportError("dummy_input must be a tensor shaped like one input batch, e.g. "

@@ -238,16 +238,25 @@ def export_fake_quant(x: torch.Tensor, grid: Grid, clip: tuple[float, float]) ->
     are narrower than the uint8 container (fewer bits, or a clip inside the grid) a Clip comes first, so
     the exported values are exactly those of training.
     """
-    levels = grid.qmax - grid.qmin
-    if levels > 255:
-        raise ValueError(f"an activation grid of {levels + 1} levels does not fit in 8 bits")
-    scale = float(grid.scale)
-    zp = int(grid.zero_point) - grid.qmin
-    container = ((0 - zp) * scale, (255 - zp) * scale)
-    if clip[0] > container[0] + scale / 2 or clip[1] < container[1] - scale / 2:
+    scale, zp = uint8_grid(grid)
+    if needs_clip(grid, clip):
         x = torch.clamp(x, clip[0], clip[1])
     return QuantDequantUint8.apply(x, torch.tensor(scale, dtype=torch.float32),
                                    torch.tensor(zp, dtype=torch.uint8))
+
+
+def uint8_grid(grid: Grid) -> tuple[float, int]:
+    """Scale and uint8 zero point of an activation grid shifted into [0, 255]."""
+    levels = grid.qmax - grid.qmin
+    if levels > 255:
+        raise ValueError(f"an activation grid of {levels + 1} levels does not fit in 8 bits")
+    return float(grid.scale), int(grid.zero_point) - grid.qmin
+
+
+def needs_clip(grid: Grid, clip: tuple[float, float]) -> bool:
+    """Whether the values an activation may take (`clip`) are narrower than its uint8 container."""
+    scale, zp = uint8_grid(grid)
+    return clip[0] > (0 - zp) * scale + scale / 2 or clip[1] < (255 - zp) * scale - scale / 2
 
 
 class QuantDequantUint8(torch.autograd.Function):
@@ -446,7 +455,39 @@ class QuantConv2d(nn.Conv2d, QuantLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, w, b = self._quant_args(x)
+        if getattr(self, "export_mode", False) and not torch.onnx.is_in_onnx_export():
+            y = self._integer_conv(x)
+            if y is not None:
+                return self._out(y)
         return self._out(self._conv_forward(x, w, b))
+
+    def _integer_conv(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The output of ONNX Runtime's QLinearConv, value for value, or None where it does not apply.
+
+        The exported DQ -> Conv -> Q runs as an int32 sum of uint8 inputs times int8 weights plus the
+        int32 bias, scaled by float32(in_scale * w_scale / out_scale) and rounded half to even. Summing
+        the dequantized floats instead lands values that sit on a rounding tie one step apart, and 16
+        requantizations later a few output values are several steps off; the export check compares
+        against this exact form. Sums are exact in float64 (|sum| < 2**53).
+        """
+        grid = tagged_grid(x)
+        out = self.output_quant
+        if (grid is None or grid.scale.numel() != 1 or out is None or not out.enabled
+                or getattr(self, "_export_w", None) is None or self.padding_mode != "zeros"):
+            return None
+        out_grid = out.grid()
+        if needs_clip(out_grid, out.clip_range(out_grid)):
+            return None  # a Clip between Conv and Q: ONNX Runtime runs the Conv in float
+        qw, w_scale, _ = self._export_w
+        x_scale, _ = uint8_grid(grid)
+        y_scale, y_zp = uint8_grid(out_grid)
+        xi = torch.round(x.double() / x_scale)
+        qb = self._export_b[0].double() if self._export_b is not None else None
+        acc = self._conv_forward(xi, qw.double(), qb).float()
+        mult = (torch.tensor(x_scale, dtype=torch.float32) * w_scale.float()
+                / torch.tensor(y_scale, dtype=torch.float32)).view(1, -1, 1, 1)
+        q = torch.clamp(torch.round(acc * mult) + y_zp, 0, 255)
+        return ((q - y_zp) * torch.tensor(y_scale, dtype=torch.float32)).to(x.dtype)
 
 
 class QuantConvTranspose2d(nn.ConvTranspose2d, QuantLayer):
