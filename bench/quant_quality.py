@@ -1,21 +1,27 @@
-"""Quantization benchmark for C2SRCNN: quality of each quantizer vs dense, and INT8 vs FP32 ONNX Runtime latency.
+"""Quantization benchmark: quality of each quantizer vs dense, and INT8 vs FP32 ONNX Runtime latency.
 
-A dense C2SRCNN trains `--dense_iters` minibatches; every variant then starts from that checkpoint with
-the same `--finetune_iters` budget, data stream and LR curve (Adam, cosine from --ft_lr to 1% of it):
-dense (no quantization, the reference), DoReFa w8a8 and w4a8, PACT w4a4 (first / last conv 7-bit weights,
-8-bit inputs), range-linear w8a8 and w4a8 QAT (the shipped schedules in schedules/sr/), and post-training w8a8
-(the fine-tuned dense model calibrated on 8 training batches, no training). Quality: PSNR / SSIM on the
-embedded test photographs (Y channel, border = scale) of the PyTorch fake-quantized model, and for the
-INT8 exports the PSNR of the ONNX Runtime INT8 model itself.
+C2SRCNN (the SR app's default model): for each of `--seeds` a dense C2SRCNN trains `--dense_iters`
+minibatches; every variant then starts from that checkpoint with the same `--finetune_iters` budget,
+data stream and LR curve (Adam, cosine from --ft_lr to 1% of it): dense (no quantization, the
+reference), DoReFa w8a8 and w4a8, PACT w4a4 (first / last conv 7-bit weights, 8-bit inputs),
+range-linear w8a8 and w4a8 QAT (the shipped schedules in schedules/sr/), and post-training w8a8 (the
+fine-tuned dense model calibrated on 8 training batches, no training; also with the first / last conv
+float). Quality: PSNR / SSIM on the embedded test photographs (Y channel, border = scale) of the
+PyTorch fake-quantized model and of the INT8 ONNX model run by ONNX Runtime, means over seeds with
+each seed's drop beside them (seed-to-seed differences are a few hundredths of a dB).
+
+EDSR (64 channels, 8 residual blocks, apps.sr.models.EDSR): trained `--edsr_iters`, post-training
+quantized w8a8 and exported; its rows show the INT8 speed of a network with wide layers, which
+C2SRCNN's 12-channel full-resolution layers do not have.
 
 Latency: FP32 ONNX vs INT8 QDQ ONNX in ONNX Runtime (CPU provider, --threads intra-op threads, one
-inter-op thread), the same fixed input (1 x 1 x --size x --size), `--runs` runs each after warm-up,
-variants interleaved run by run; medians and ratios are printed.
+inter-op thread), a fixed input per network (output 1 x 1 x --size x --size), `--runs` runs each after
+warm-up, all models interleaved run by run; medians and ratios to the same network's FP32 are printed.
 
 Run by hand (not in CI), e.g.:
-    python bench/quant_quality.py                                          # full budget
-    python bench/quant_quality.py --dense_iters 300 --finetune_iters 100   # a quick look
-    python bench/quant_quality.py --latency_only                           # ONNX latency only
+    python bench/quant_quality.py --threads 1                                     # full budget
+    python bench/quant_quality.py --dense_iters 300 --finetune_iters 100 --seeds 0 --edsr_iters 0   # a quick look
+    python bench/quant_quality.py --latency_only                                  # ONNX latency only
 """
 from __future__ import annotations
 
@@ -40,7 +46,7 @@ from sr_training import train_sr  # noqa: E402  (bench/ is on sys.path when run 
 import compress  # noqa: E402
 from apps.sr.data import get_testing_set, get_training_set  # noqa: E402
 from apps.sr.evaluation import evaluate, mean_scores, model_input  # noqa: E402
-from apps.sr.models import C2SRCNN, build_model  # noqa: E402
+from apps.sr.models import C2SRCNN, EDSR, build_model  # noqa: E402
 from apputils.checkpoint import load_checkpoint, rebuild_model  # noqa: E402
 from apputils.onnx_export import transform_to_onnx  # noqa: E402
 from compress.schedule_source import read_schedule  # noqa: E402
@@ -75,12 +81,13 @@ def train(model: nn.Module, schedule: dict | None, iters: int, lr: float, args: 
                     epochs=EPOCHS)
 
 
-def post_train(dense: nn.Module, args: argparse.Namespace, overrides: dict | None = None) -> nn.Module:
+def post_train(dense: nn.Module, args: argparse.Namespace, seed: int, overrides: dict | None = None,
+               crop: int | None = None) -> nn.Module:
     """The shipped post-training w8a8 schedule on a copy of `dense`, calibrated on 8 training batches."""
     model = copy.deepcopy(dense).eval()
     schedule = shipped("post_train_w8a8.yaml", **({"overrides": overrides} if overrides else {}))
     sched = compress.dict_config(model, None, schedule)
-    data = get_training_set(args.scale, None, crop_size=args.crop, length=8 * args.batch, seed=args.seed + 7)
+    data = get_training_set(args.scale, None, crop_size=crop or args.crop, length=8 * args.batch, seed=seed + 7)
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch)
     sched.policies[0].component.calibrate(model_input(model, b, "cpu") for b in loader)
     return model
@@ -89,10 +96,9 @@ def post_train(dense: nn.Module, args: argparse.Namespace, overrides: dict | Non
 class OrtModel(nn.Module):
     """An ONNX Runtime session behind a module's forward, so the app's evaluation scores the ONNX model."""
 
-    INPUT_KIND = "bicubic"
-
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, input_kind: str):
         super().__init__()
+        self.INPUT_KIND = input_kind
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -106,25 +112,56 @@ def score(model: nn.Module, scale: int) -> dict[str, float]:
     return mean_scores(evaluate(model, loader, torch.device("cpu"), scale))
 
 
-def latency(paths: dict[str, Path], args: argparse.Namespace) -> dict[str, float]:
-    """Median ms per run of each ONNX file on the same input, runs interleaved across files."""
-    x = np.random.default_rng(0).random((1, 1, args.size, args.size), dtype=np.float32)
+def latency(runs: dict[str, tuple[Path, np.ndarray]], args: argparse.Namespace) -> dict[str, float]:
+    """Median ms per run of each ONNX file on its fixed input, runs interleaved across files."""
     sessions = {}
-    for name, path in paths.items():
+    for name, (path, _) in runs.items():
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    for s in sessions.values():
+    for name, s in sessions.items():
         for _ in range(3):
-            s.run(None, {"input": x})
+            s.run(None, {"input": runs[name][1]})
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(args.runs):
         for name, s in sessions.items():
             t0 = time.perf_counter()
-            s.run(None, {"input": x})
+            s.run(None, {"input": runs[name][1]})
             times[name].append(time.perf_counter() - t0)
     return {name: 1000 * float(np.median(t)) for name, t in times.items()}
+
+
+def dense_base(args: argparse.Namespace, seed: int) -> tuple[nn.Module, str]:
+    """The dense C2SRCNN every variant starts from: --dense_ckpt, or pre-trained here."""
+    if args.dense_ckpt:
+        ckpt = load_checkpoint(args.dense_ckpt, "SR")
+        if ckpt.get("schedule") or ckpt["arch"]["name"] != "C2SRCNN":
+            sys.exit(f"{args.dense_ckpt}: expected a dense C2SRCNN checkpoint (no schedule), got "
+                     f"{ckpt['arch']['name']} with schedule {bool(ckpt.get('schedule'))}")
+        base, _, _ = rebuild_model(ckpt, build_model)
+        args.scale = int(ckpt["arch"]["kwargs"].get("upscale_factor", args.scale))
+        opts = ckpt.get("options", {})
+        return base.eval(), (f"dense checkpoint {args.dense_ckpt} (train.py, epoch {ckpt['epoch']}, "
+                             f"{opts.get('nEpochs')} x {opts.get('iters_per_epoch')} iters, batch "
+                             f"{opts.get('batchSize')})")
+    torch.manual_seed(seed)
+    base, _ = train(C2SRCNN(1, args.scale), None, args.dense_iters, args.lr, args, seed=seed)
+    return base.eval(), f"dense pre-training {args.dense_iters} iters (Adam lr {args.lr} cosine)"
+
+
+def export_int8(models: dict[str, nn.Module], names: list[str], folder: Path, dummy: torch.Tensor,
+                prefix: str) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+    """INT8 ONNX files (and their checks) of the named models."""
+    files, checks = {}, {}
+    for name in names:
+        files[name] = folder / f"{prefix}_{len(files)}.onnx"
+        checks[name] = transform_to_onnx(models[name], files[name], dummy, True)
+    return files, checks
+
+
+C2_ENDS = {"first_part\\.0|last_part": {"bits_weights": None, "bits_activations": None}}
+C2_INT8 = ["linear w8a8 QAT", "post-train w8a8", "post-train w8a8, first/last float"]
 
 
 def main() -> None:
@@ -139,107 +176,136 @@ def main() -> None:
                    help="fine-tuning LR (every variant; QAT needs it high enough to move weights onto the grid)")
     p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
     p.add_argument("--runs", type=int, default=50, help="timed ONNX Runtime runs per model")
-    p.add_argument("--size", type=int, default=256, help="latency input is 1 x 1 x size x size")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256, help="latency output is 1 x 1 x size x size")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                   help="one dense model and fine-tune data stream per seed; the table shows means over seeds")
+    p.add_argument("--edsr_iters", type=int, default=2000,
+                   help="EDSR (64 channels, 8 blocks) dense training iters for its post-training INT8 rows "
+                        "(0: skip EDSR)")
     p.add_argument("--dense_ckpt", default=None, metavar="CKPT", help="start from this dense C2SRCNN checkpoint "
-                   "(e.g. checkpoints/<run>/best.pth from train.py) instead of pre-training --dense_iters here")
-    p.add_argument("--latency_only", action="store_true", help="skip training: an untrained C2SRCNN, "
+                   "(e.g. checkpoints/<run>/best.pth from train.py) instead of pre-training --dense_iters here; "
+                   "one seed")
+    p.add_argument("--latency_only", action="store_true", help="skip training: untrained models, "
                    "post-training quantized, for the latency figures only")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     start = time.perf_counter()
-    rows: dict[str, dict[str, float]] = {}
-    torch.manual_seed(args.seed)
-    if args.latency_only:
-        reference = C2SRCNN(1, args.scale).eval()
-        models: dict[str, nn.Module] = {}
-    else:
-        t0 = time.perf_counter()
-        if args.dense_ckpt:
-            ckpt = load_checkpoint(args.dense_ckpt, "SR")
-            if ckpt.get("schedule") or ckpt["arch"]["name"] != "C2SRCNN":
-                sys.exit(f"{args.dense_ckpt}: expected a dense C2SRCNN checkpoint (no schedule), got "
-                         f"{ckpt['arch']['name']} with schedule {bool(ckpt.get('schedule'))}")
-            base, _, _ = rebuild_model(ckpt, build_model)
-            args.scale = int(ckpt["arch"]["kwargs"].get("upscale_factor", args.scale))
-            opts = ckpt.get("options", {})
-            pretrain = (f"dense checkpoint {args.dense_ckpt} (train.py, epoch {ckpt['epoch']}, "
-                        f"{opts.get('nEpochs')} x {opts.get('iters_per_epoch')} iters, batch {opts.get('batchSize')})")
-        else:
-            base, _ = train(C2SRCNN(1, args.scale), None, args.dense_iters, args.lr, args, seed=args.seed)
-            pretrain = f"dense pre-training {args.dense_iters} iters (Adam lr {args.lr} cosine)"
-        base.eval()
-        print(f"{pretrain}: {time.perf_counter() - t0:.0f}s", flush=True)
-        models = {}
-        for name, schedule in VARIANTS:  # same budget, same data stream, from the same checkpoint
-            t0 = time.perf_counter()
-            model, _ = train(copy.deepcopy(base), schedule, args.finetune_iters, args.ft_lr, args,
-                             seed=args.seed + 1)
-            models[name] = model
-            rows[name] = score(model, args.scale)
-            print(f"{name:<20} PSNR {rows[name]['psnr']:.3f} dB  SSIM {rows[name]['ssim']:.4f}  "
-                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
-        reference = models["dense"]
-    ends = {"first_part\\.0|last_part": {"bits_weights": None, "bits_activations": None}}
-    models["post-train w8a8"] = post_train(reference, args)
-    models["post-train w8a8, first/last float"] = post_train(reference, args, ends)
-    if not args.latency_only:
-        for name in ("post-train w8a8", "post-train w8a8, first/last float"):
-            rows[name] = score(models[name], args.scale)
-            print(f"{name:<20} PSNR {rows[name]['psnr']:.3f} dB  SSIM {rows[name]['ssim']:.4f}", flush=True)
-
+    seeds = args.seeds[:1] if args.dense_ckpt or args.latency_only else args.seeds
+    runs: dict[str, list[dict[str, float]]] = {}  # variant -> scores per seed (PyTorch, then ONNX rows)
     dummy = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(1))
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_files = {"FP32 (dense)": Path(tmp) / "fp32.onnx"}
-        checks = {"FP32 (dense)": transform_to_onnx(reference, onnx_files["FP32 (dense)"], dummy, False)}
-        for name in ("linear w8a8 QAT", "post-train w8a8", "post-train w8a8, first/last float"):
-            if name in models:
-                onnx_files[f"INT8 {name}"] = Path(tmp) / f"int8_{len(onnx_files)}.onnx"
-                checks[f"INT8 {name}"] = transform_to_onnx(models[name], onnx_files[f"INT8 {name}"], dummy, True)
-        onnx_rows = {}
+    tmp = tempfile.TemporaryDirectory()
+    folder = Path(tmp.name)
+    pretrain = ""
+    for seed in seeds:
+        if args.latency_only:
+            models: dict[str, nn.Module] = {"dense": C2SRCNN(1, args.scale).eval()}
+        else:
+            t0 = time.perf_counter()
+            base, pretrain = dense_base(args, seed)
+            print(f"seed {seed}: {pretrain}: {time.perf_counter() - t0:.0f}s", flush=True)
+            models = {}
+            for name, schedule in VARIANTS:  # same budget, same data stream, from the same checkpoint
+                t0 = time.perf_counter()
+                models[name], _ = train(copy.deepcopy(base), schedule, args.finetune_iters, args.ft_lr, args,
+                                        seed=seed + 1)
+                runs.setdefault(name, []).append(score(models[name], args.scale))
+                print(f"seed {seed}: {name:<34} PSNR {runs[name][-1]['psnr']:.3f} dB "
+                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
+        models["post-train w8a8"] = post_train(models["dense"], args, seed)
+        models["post-train w8a8, first/last float"] = post_train(models["dense"], args, seed, C2_ENDS)
+        c2_files = {"FP32 (dense)": folder / "fp32.onnx"}
+        c2_checks = {"FP32 (dense)": transform_to_onnx(models["dense"], c2_files["FP32 (dense)"], dummy, False)}
+        files, checks = export_int8(models, [n for n in C2_INT8 if n in models], folder, dummy, "c2")
+        c2_files.update({f"INT8 {n}": f for n, f in files.items()})
+        c2_checks.update({f"INT8 {n}": c for n, c in checks.items()})
         if not args.latency_only:
-            for name, path in onnx_files.items():
-                onnx_rows[name] = score(OrtModel(path, args.threads), args.scale)
-        ms = latency(onnx_files, args)
-        sizes = {name: path.stat().st_size for name, path in onnx_files.items()}
+            for name in ("post-train w8a8", "post-train w8a8, first/last float"):
+                runs.setdefault(name, []).append(score(models[name], args.scale))
+            for name, path in c2_files.items():
+                runs.setdefault(f"{name} in ONNX Runtime", []).append(score(OrtModel(path, args.threads, "bicubic"),
+                                                                            args.scale))
+            print(f"seed {seed}: post-training and ONNX rows scored", flush=True)
 
-    print(f"\nC2SRCNN x{args.scale} on the embedded test photographs (astronaut, chelsea, coffee); Y channel, "
-          f"border = scale.\n")
-    if rows:
-        print(f"{pretrain}, then "
-              f"{args.finetune_iters} iters per variant (Adam lr {args.ft_lr} cosine); batch {args.batch}, "
-              f"crop {args.crop}; {args.threads} threads\n")
+    edsr_files: dict[str, Path] = {}
+    edsr_checks: dict[str, dict[str, Any]] = {}
+    edsr_rows: dict[str, dict[str, float]] = {}
+    if args.edsr_iters or args.latency_only:
+        torch.manual_seed(seeds[0])
+        edsr = EDSR(1, args.scale).eval()
+        if not args.latency_only:
+            t0 = time.perf_counter()
+            edsr, _ = train_sr(edsr, None, args.edsr_iters, args.lr, scale=args.scale, crop=2 * args.crop,
+                               batch=args.batch, seed=seeds[0], epochs=EPOCHS)
+            print(f"EDSR dense training {args.edsr_iters} iters: {time.perf_counter() - t0:.0f}s", flush=True)
+        edsr_q = post_train(edsr, args, seeds[0], crop=2 * args.crop)
+        edsr_dummy = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+        edsr_files = {"EDSR FP32": folder / "edsr_fp32.onnx", "EDSR INT8 post-train w8a8": folder / "edsr_int8.onnx"}
+        edsr_checks = {"EDSR FP32": transform_to_onnx(edsr, edsr_files["EDSR FP32"], edsr_dummy, False),
+                       "EDSR INT8 post-train w8a8": transform_to_onnx(edsr_q, edsr_files["EDSR INT8 post-train w8a8"],
+                                                                     edsr_dummy, True)}
+        if not args.latency_only:
+            edsr_rows = {"EDSR dense (PyTorch)": score(edsr, args.scale),
+                         "EDSR post-train w8a8 (PyTorch)": score(edsr_q, args.scale),
+                         "EDSR INT8 post-train w8a8 (ONNX Runtime)": score(
+                             OrtModel(edsr_files["EDSR INT8 post-train w8a8"], args.threads, "lr"), args.scale)}
+
+    rng = np.random.default_rng(0)
+    hr_input = rng.random((1, 1, args.size, args.size), dtype=np.float32)
+    lr_input = rng.random((1, 1, args.size // args.scale, args.size // args.scale), dtype=np.float32)
+    timed = {n: (f, hr_input) for n, f in c2_files.items()} | {n: (f, lr_input) for n, f in edsr_files.items()}
+    ms = latency(timed, args)
+    sizes = {name: path.stat().st_size for name, (path, _) in timed.items()}
+    checks = c2_checks | edsr_checks
+    tmp.cleanup()
+
+    print(f"\nx{args.scale} on the embedded test photographs (astronaut, chelsea, coffee); Y channel, border = scale.\n")
+    if runs:
+        rows = {name: {k: float(np.mean([r[k] for r in rs])) for k in ("psnr", "ssim")} for name, rs in runs.items()}
         dense = rows["dense"]
-        head = f"{'variant':<56}{'PSNR':>9}{'SSIM':>9}{'vs dense':>10}"
+        print(f"C2SRCNN: {pretrain}, then {args.finetune_iters} iters per variant (Adam lr {args.ft_lr} cosine); "
+              f"batch {args.batch}, crop {args.crop}; {args.threads} threads; means over seeds {seeds}\n")
+        head = f"{'variant':<60}{'PSNR':>9}{'SSIM':>9}{'vs dense':>10}   per seed"
         print(head)
         print("-" * len(head))
-        print(f"{'bicubic':<56}{dense['bicubic_psnr']:>9.3f}{dense['bicubic_ssim']:>9.4f}{'':>10}")
+        bic = runs["dense"][0]
+        print(f"{'bicubic':<60}{bic['bicubic_psnr']:>9.3f}{bic['bicubic_ssim']:>9.4f}")
         for name, r in rows.items():
-            print(f"{name + ' (PyTorch)':<56}{r['psnr']:>9.3f}{r['ssim']:>9.4f}{r['psnr'] - dense['psnr']:>+10.3f}")
-        for name, r in onnx_rows.items():
-            print(f"{name + ' (ONNX Runtime)':<56}{r['psnr']:>9.3f}{r['ssim']:>9.4f}"
-                  f"{r['psnr'] - dense['psnr']:>+10.3f}")
-    print(f"\nONNX Runtime {ort.__version__} CPU latency, input 1x1x{args.size}x{args.size}, {args.threads} "
-          f"intra-op threads, median of {args.runs} interleaved runs:\n")
-    head = f"{'model':<40}{'ms':>9}{'vs FP32':>9}{'KiB':>8}{'integer kernels':>18}{'check (share within)':>24}"
+            per_seed = ", ".join(f"{x['psnr'] - d['psnr']:+.3f}" for x, d in zip(runs[name], runs["dense"], strict=True))
+            label = name if name.endswith("ONNX Runtime") else f"{name} (PyTorch)"
+            print(f"{label:<60}{r['psnr']:>9.3f}{r['ssim']:>9.4f}{r['psnr'] - dense['psnr']:>+10.3f}   {per_seed}")
+        if edsr_rows:
+            ref = edsr_rows["EDSR dense (PyTorch)"]
+            print(f"\nEDSR (64 channels, 8 blocks): dense training {args.edsr_iters} iters (Adam lr {args.lr} cosine, "
+                  f"batch {args.batch}, crop {2 * args.crop}), seed {seeds[0]}; post-training w8a8, no fine-tuning\n")
+            for name, r in edsr_rows.items():
+                print(f"{name:<60}{r['psnr']:>9.3f}{r['ssim']:>9.4f}{r['psnr'] - ref['psnr']:>+10.3f}")
+    print(f"\nONNX Runtime {ort.__version__} CPU latency, output 1x1x{args.size}x{args.size} (C2SRCNN input: the "
+          f"bicubic image; EDSR: the LR image), {args.threads} intra-op threads, median of {args.runs} interleaved "
+          f"runs:\n")
+    head = f"{'model':<40}{'ms':>9}{'vs FP32':>9}{'KiB':>8}{'integer kernels':>34}{'check (share within)':>24}"
     print(head)
     print("-" * len(head))
-    fp32 = ms["FP32 (dense)"]
-    for name in onnx_files:
+    for name in timed:
+        fp32 = ms["EDSR FP32"] if name.startswith("EDSR") else ms["FP32 (dense)"]
         ops = ", ".join(f"{k} x{v}" for k, v in checks[name]["integer_ops"].items()) or "-"
-        print(f"{name:<40}{ms[name]:>9.1f}{fp32 / ms[name]:>8.2f}x{sizes[name] / 1024:>8.1f}{ops:>18}"
-              f"{('ok' if checks[name]['passed'] else 'FAILED') + ' (' + format(checks[name]['within_tolerance'], '.4%') + ')':>24}")
+        verdict = f"{'ok' if checks[name]['passed'] else 'FAILED'} ({checks[name]['within_tolerance']:.4%})"
+        print(f"{name:<40}{ms[name]:>9.1f}{fp32 / ms[name]:>8.2f}x{sizes[name] / 1024:>8.1f}{ops:>34}{verdict:>24}")
     print(f"\ntotal {time.perf_counter() - start:.0f}s")
     print("\ntargets:")
-    if rows:
+    if runs:
         for name, tol in (("DoReFa w8a8", 0.05), ("linear w8a8 QAT", 0.05), ("post-train w8a8", 0.05),
-                          ("DoReFa w4a8", 0.25), ("PACT w4a4", 0.25), ("linear w4a8 QAT", 0.25)):
+                          ("post-train w8a8, first/last float", 0.05), ("DoReFa w4a8", 0.25), ("PACT w4a4", 0.25),
+                          ("linear w4a8 QAT", 0.25)):
             drop = rows["dense"]["psnr"] - rows[name]["psnr"]
-            print(f"  {name} within {tol} dB of dense: {drop:+.3f} dB below -> {'met' if drop <= tol else 'NOT met'}")
-    best = max((fp32 / v, k) for k, v in ms.items() if k.startswith("INT8"))
-    print(f"  INT8 ONNX >= 1.5x faster than FP32 ONNX: best {best[0]:.2f}x ({best[1]}) -> "
-          f"{'met' if best[0] >= 1.5 else 'NOT met'}")
+            print(f"  {name} within {tol} dB of dense: {drop:+.3f} dB below (mean) -> "
+                  f"{'met' if drop <= tol else 'NOT met'}")
+    for net, fp32_name in (("C2SRCNN", "FP32 (dense)"), ("EDSR", "EDSR FP32")):
+        ratios = [(ms[fp32_name] / v, k) for k, v in ms.items() if "INT8" in k and k.startswith("EDSR") == (net == "EDSR")]
+        if ratios:
+            best = max(ratios)
+            print(f"  {net}: INT8 ONNX >= 1.5x faster than FP32 ONNX: best {best[0]:.2f}x ({best[1]}) -> "
+                  f"{'met' if best[0] >= 1.5 else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 Fixed iteration budgets, not wall-clock: for each scale and seed a dense C2SRCNN trains `--dense_iters`
 minibatches; then six runs start from that dense checkpoint and get the same `--finetune_iters` budget and
 LR curve: dense (no compression, the fair reference), AGP to 50% and to 75% element sparsity of the
-mid-part convolutions (pruning during the first `--agp_end` of the budget, default half) — each conv to
-that level (Distiller's AGP), or ranked together (`global_ranking: true`) — and one-shot 40% L1 filter
-pruning of mid_part.0.0 / mid_part.1 with thinning, then fine-tuning. PSNR / SSIM are means over
-`--seeds` (differences between seeds are a few hundredths of a dB, as large as the targets). Everything is scored on the embedded test
-photographs (astronaut, chelsea, coffee): Y channel, border = scale, as apps/sr/metrics.py documents.
+mid-part convolutions (from `--agp_initial`, default 0 as in Zhu & Gupta, during the first `--agp_end` of
+the budget, default half) — each conv to that level (Distiller's AGP), or ranked together
+(`global_ranking: true`) — and one-shot 40% L1 filter pruning of mid_part.0.0 / mid_part.1 with
+thinning, then fine-tuning. PSNR / SSIM are means over `--seeds` (differences between seeds are a few
+hundredths of a dB, as large as the targets). Everything is scored on the embedded test photographs
+(astronaut, chelsea, coffee): Y channel, border = scale, as apps/sr/metrics.py documents.
 
 Run by hand (not in CI), e.g.:
     python bench/sr_quality.py                                    # full budget
@@ -40,11 +41,11 @@ MID = ["mid_part.0.0.weight", "mid_part.1.weight", "mid_part.3.weight", "mid_par
 CHUNKS = 10  # scheduler "epochs" per phase
 
 
-def agp(final: float, end: float = 0.5, global_ranking: bool = False) -> dict[str, Any]:
-    """AGP from 5% to `final` on the mid-part convs over the first `end` fraction of the fine-tune budget
-    (each conv to `final`, or with `global_ranking` the six together, ranked by magnitude across them)."""
+def agp(final: float, end: float = 0.5, global_ranking: bool = False, initial: float = 0.0) -> dict[str, Any]:
+    """AGP from `initial` to `final` on the mid-part convs over the first `end` fraction of the fine-tune
+    budget (each conv to `final`, or with `global_ranking` the six together, ranked by magnitude across them)."""
     return {"version": 1,
-            "pruners": {"agp": {"class": "AutomatedGradualPruner", "initial_sparsity": 0.05,
+            "pruners": {"agp": {"class": "AutomatedGradualPruner", "initial_sparsity": initial,
                                 "final_sparsity": final, "weights": MID, "global_ranking": global_ranking}},
             "policies": [{"pruner": {"instance_name": "agp", "args": {"mini_batch_pruning_frequency": 10}},
                           "starting_epoch": 0, "ending_epoch": max(1, round(CHUNKS * end)), "frequency": 1}]}
@@ -90,12 +91,15 @@ def main() -> None:
                    help="one dense model and fine-tune data stream per seed; the table shows means over seeds")
     p.add_argument("--agp_end", type=float, default=0.5,
                    help="fraction of the fine-tune budget during which AGP prunes (the rest recovers)")
+    p.add_argument("--agp_initial", type=float, default=0.0,
+                   help="AGP's initial_sparsity (0 as in Zhu & Gupta; the original design's schedules use 0.05)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
+    end, initial = args.agp_end, args.agp_initial
     variants = [("dense", None),
-                ("AGP 50%", agp(0.5, args.agp_end)), ("AGP 50% global", agp(0.5, args.agp_end, True)),
-                ("AGP 75%", agp(0.75, args.agp_end)), ("AGP 75% global", agp(0.75, args.agp_end, True)),
+                ("AGP 50%", agp(0.5, end, initial=initial)), ("AGP 50% global", agp(0.5, end, True, initial)),
+                ("AGP 75%", agp(0.75, end, initial=initial)), ("AGP 75% global", agp(0.75, end, True, initial)),
                 ("filters 40% + thinning", FILTER)]
     rows: dict[str, dict[str, Any]] = {name: {} for name, _ in variants}
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
@@ -126,7 +130,8 @@ def main() -> None:
     print(f"\nC2SRCNN on the embedded test photographs (astronaut, chelsea, coffee); Y channel, border = scale;\n"
           f"means over seeds {args.seeds}; per seed: "
           f"dense pre-training {args.dense_iters} iters, then {args.finetune_iters} iters per variant; batch "
-          f"{args.batch}, crop {args.crop}, Adam lr {args.lr} cosine; AGP during the first {args.agp_end:.0%}; "
+          f"{args.batch}, crop {args.crop}, Adam lr {args.lr} cosine; AGP from {initial:.0%} during the first "
+          f"{end:.0%}; "
           f"{args.threads} threads; "
           f"total {time.perf_counter() - start:.0f}s\n")
     print(head)

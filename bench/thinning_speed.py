@@ -2,8 +2,8 @@
 
     python bench/thinning_speed.py [--runs 60] [--threads 1] [--size 128] [--round_to 8]
 
-Networks: C2SRCNN (the SR app's model, on a 1 x size x size bicubic image) and ResSR, an EDSR-style
-residual network (8 residual blocks of 64 channels, as EDSR-baseline, PixelShuffle x2, on a 1 x size/2 x size/2 input).
+Networks: C2SRCNN (the SR app's model, on a 1 x size x size bicubic image) and EDSR
+(apps.sr.models.EDSR: 8 residual blocks of 64 channels, PixelShuffle x2, on a 1 x size/2 x size/2 input).
 Every conv whose filters can be removed is pruned to half of its coupled group by L1 norm (each
 group once; the residual stream is one group), the masks are applied, and the model is thinned; the
 masked and thinned outputs are compared. Two thin variants: exactly half (thin/1), and half with the
@@ -29,30 +29,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apps.sr.models import C2SRCNN  # noqa: E402
+from apps.sr.models import C2SRCNN, EDSR  # noqa: E402
 from compress.pruning.criteria import count_to_prune, lowest  # noqa: E402
 from compress.pruning.groups import group_importance, group_mask  # noqa: E402
 from compress.thinning import TracedGroups, count_macs, count_params, thin  # noqa: E402
-
-
-class ResSR(nn.Module):
-    """EDSR-style: head conv, residual blocks (conv-ReLU-conv + skip), body conv + global skip, x2 upsampler."""
-
-    def __init__(self, c: int = 64, blocks: int = 8):
-        super().__init__()
-        self.head = nn.Conv2d(1, c, 3, padding=1)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
-                                                  nn.Conv2d(c, c, 3, padding=1)) for _ in range(blocks))
-        self.body = nn.Conv2d(c, c, 3, padding=1)
-        self.up = nn.Sequential(nn.Conv2d(c, c * 4, 3, padding=1), nn.PixelShuffle(2))
-        self.tail = nn.Conv2d(c, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.head(x)
-        r = h
-        for block in self.blocks:
-            r = r + block(r)
-        return self.tail(self.up(self.body(r) + h))
 
 
 def prune_half_and_thin(model: nn.Module, x: torch.Tensor, round_to: int) -> tuple[float, int]:
@@ -159,7 +139,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bench("C2SRCNN", C2SRCNN(), torch.rand(1, 1, args.size, args.size), args.runs, args.threads, Path(tmp),
               args.round_to)
-        bench("ResSR", ResSR(), torch.rand(1, 1, args.size // 2, args.size // 2), args.runs, args.threads, Path(tmp),
+        bench("EDSR", EDSR(), torch.rand(1, 1, args.size // 2, args.size // 2), args.runs, args.threads, Path(tmp),
               args.round_to)
 
 

@@ -1,7 +1,7 @@
 """Super-resolution networks on the Y channel.
 
-C2SRCNN and SRCNN work on the bicubic-upscaled image (pre-upsampling); ESPCN and FSRCNN take the
-low-resolution image and upsample inside the network (post-upsampling). `INPUT_KIND` tells the app
+C2SRCNN and SRCNN work on the bicubic-upscaled image (pre-upsampling); ESPCN, FSRCNN and EDSR take
+the low-resolution image and upsample inside the network (post-upsampling). `INPUT_KIND` tells the app
 which tensor a model takes. C2SRCNN's parameter names are fixed by the original design's schedules
 (`mid_part.0.0.weight`, `mid_part.1.weight`, ..., `mid_part.9.0.weight`).
 """
@@ -106,7 +106,37 @@ class FSRCNN(nn.Module):
         return self.last_part(self.mid_part(self.first_part(x)))
 
 
-MODELS: dict[str, type[nn.Module]] = {"C2SRCNN": C2SRCNN, "ESPCN": ESPCN, "FSRCNN": FSRCNN, "SRCNN": SRCNN}
+class EDSR(nn.Module):
+    """Lim et al.'s EDSR, small: head conv, residual blocks (conv-ReLU-conv + skip), body conv plus a
+    skip from the head, PixelShuffle upsampler (one x2/x3 stage, two for x4), tail conv.
+
+    Every layer has `features` channels on the LR image, the width at which INT8 kernels pay off
+    (C2SRCNN's 12-channel layers at HR resolution run faster in FP32).
+    """
+
+    INPUT_KIND = "lr"
+
+    def __init__(self, num_channels: int = 1, upscale_factor: int = 2, features: int = 64, blocks: int = 8):
+        super().__init__()
+        self.upscale_factor = upscale_factor
+        c = features
+        self.head = _conv(num_channels, c, 3)
+        self.blocks = nn.ModuleList(nn.Sequential(_conv(c, c, 3), nn.ReLU(), _conv(c, c, 3)) for _ in range(blocks))
+        self.body = _conv(c, c, 3)
+        stages = [2, 2] if upscale_factor == 4 else [upscale_factor]
+        self.up = nn.Sequential(*[m for s in stages for m in (_conv(c, c * s * s, 3), nn.PixelShuffle(s))])
+        self.tail = _conv(c, num_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.head(x)
+        r = h
+        for block in self.blocks:
+            r = r + block(r)
+        return self.tail(self.up(self.body(r) + h))
+
+
+MODELS: dict[str, type[nn.Module]] = {"C2SRCNN": C2SRCNN, "ESPCN": ESPCN, "FSRCNN": FSRCNN, "SRCNN": SRCNN,
+                                      "EDSR": EDSR}
 
 
 def build_model(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:

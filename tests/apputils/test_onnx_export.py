@@ -1,4 +1,5 @@
 """ONNX export of float and quantized SR models, checked in ONNX Runtime; the SR quantization schedules."""
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import compress
-from apps.sr.models import C2SRCNN, ESPCN, FSRCNN
+from apps.sr.models import C2SRCNN, EDSR, ESPCN, FSRCNN
 from apputils.onnx_export import ExportError, transform_to_onnx
 
 SCHEDULES = Path(__file__).resolve().parents[2] / "schedules" / "sr"
@@ -49,10 +50,13 @@ def test_float_export_matches_and_keeps_dynamic_size(tmp_path, cls):
     assert np.abs(ort_run(tmp_path / "m.onnx", x) - expected).max() <= 1e-4
 
 
-@pytest.mark.parametrize("cls, schedule", [(C2SRCNN, "quantization_linear_w8a8.yaml"),
-                                           (ESPCN, "quantization_linear_w8a8.yaml"),
-                                           (C2SRCNN, "quantization_PACT.yaml")])
-def test_quantized_export_runs_integer_kernels_and_matches(tmp_path, cls, schedule):
+@pytest.mark.parametrize("cls, schedule, exact", [(C2SRCNN, "quantization_linear_w8a8.yaml", True),
+                                                  (ESPCN, "quantization_linear_w8a8.yaml", True),
+                                                  (C2SRCNN, "quantization_PACT.yaml", True),
+                                                  # residual adds: ONNX Runtime's QLinearAdd rounds its own way
+                                                  (partial(EDSR, features=16, blocks=2), "quantization_linear_w8a8.yaml",
+                                                   False)])
+def test_quantized_export_runs_integer_kernels_and_matches(tmp_path, cls, schedule, exact):
     torch.manual_seed(0)
     model, _ = quantize(cls(1, 2), schedule)
     x = torch.rand(1, 1, 96, 96)  # large enough that float sums hit rounding ties
@@ -60,7 +64,8 @@ def test_quantized_export_runs_integer_kernels_and_matches(tmp_path, cls, schedu
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     assert check["integer_ops"].get("QLinearConv") == convs  # every conv runs on int8
     # ... and the PyTorch side computes QLinearConv's integer arithmetic: not one value differs
-    assert check["passed"] and check["within_tolerance"] == 1.0 and check["max_abs_diff"] == 0.0
+    assert check["passed"] and check["within_tolerance"] >= 0.999
+    assert check["max_abs_diff"] == 0.0 or not exact
     assert check["weights_exact"] and check["simulation_max_abs_diff"] <= 4 * check["tolerance"]
     graph = onnx.load(str(tmp_path / "q.onnx"))
     int8 = [n for n in graph.graph.node if n.op_type == "Constant"

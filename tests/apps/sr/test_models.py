@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import compress
-from apps.sr.models import C2SRCNN, ESPCN, FSRCNN, MODELS, SRCNN, build_model, input_kind
+from apps.sr.models import C2SRCNN, EDSR, ESPCN, FSRCNN, MODELS, SRCNN, build_model, input_kind
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -26,8 +26,8 @@ policies:
 """
 
 
-@pytest.mark.parametrize("scale", [2, 3])
-@pytest.mark.parametrize("cls", [C2SRCNN, ESPCN, FSRCNN, SRCNN])
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("cls", [C2SRCNN, ESPCN, FSRCNN, SRCNN, EDSR])
 def test_output_is_hr_size(cls, scale):
     model = cls(num_channels=1, upscale_factor=scale)
     lr = torch.rand(2, 1, 10, 12)
@@ -46,10 +46,11 @@ def test_c2srcnn_names_and_residual_start():
 
 
 def test_build_model_and_unknown_name():
-    assert set(MODELS) == {"C2SRCNN", "ESPCN", "FSRCNN", "SRCNN"}
+    assert set(MODELS) == {"C2SRCNN", "ESPCN", "FSRCNN", "SRCNN", "EDSR"}
     assert isinstance(build_model("ESPCN", {"upscale_factor": 3}), ESPCN)
+    assert isinstance(build_model("EDSR", {"features": 16, "blocks": 2}), EDSR)
     with pytest.raises(ValueError, match="valid models"):
-        build_model("EDSR")
+        build_model("VDSR")
 
 
 def test_original_agp_yaml_loads_unchanged(tmp_path):

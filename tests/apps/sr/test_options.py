@@ -44,7 +44,7 @@ def test_resume_keeps_checkpoint_options_but_allows_more_epochs(tmp_path, monkey
 
 
 def test_bad_values_are_refused(capsys):
-    for argv in (["--optform=SR", "--lr", "-1"], ["--optform=SR", "--model", "EDSR"],
+    for argv in (["--optform=SR", "--lr", "-1"], ["--optform=SR", "--model", "VDSR"],
                  ["--optform=SR", "--upscale_factor", "x"]):
         with pytest.raises(SystemExit) as exc:
             TrainOptions().parse(argv)
