@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import compress
-from apps.sr.models import C2SRCNN, EDSR, ESPCN, FSRCNN
+from apps.sr.models import C2SRCNN, EDSR, ESPCN, FSRCNN, build_model
 from apputils.onnx_export import ExportError, transform_to_onnx
 
 SCHEDULES = Path(__file__).resolve().parents[2] / "schedules" / "sr"
@@ -125,6 +125,15 @@ def test_sr_quantization_schedules_load_on_c2srcnn(name):
     assert any(isinstance(m, compress.quantization.QuantLayer) for m in model.modules())
     assert [n for n, _ in model.named_parameters()][:2] == ["first_part.0.weight", "first_part.0.bias"]
     assert sched.schedule["version"] == 1
+
+
+@pytest.mark.parametrize("model", ["ESPCN", "FSRCNN", "SRCNN", "EDSR"])
+@pytest.mark.parametrize("name", [n for n in QUANT_SCHEDULES if "prune" not in n])  # pruning names C2SRCNN's weights
+def test_sr_quantization_schedules_load_on_every_model(name, model):
+    net = build_model(model, {"upscale_factor": 2})
+    compress.file_config(net, torch.optim.Adam(net.parameters()), SCHEDULES / name)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
+    assert all(isinstance(m, compress.quantization.QuantLayer) for m in convs)
 
 
 def test_prune_then_quantize_checkpoint_reloads_and_exports(tmp_path):
