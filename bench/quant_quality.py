@@ -150,16 +150,6 @@ def dense_base(args: argparse.Namespace, seed: int) -> tuple[nn.Module, str]:
     return base.eval(), f"dense pre-training {args.dense_iters} iters (Adam lr {args.lr} cosine)"
 
 
-def export_int8(models: dict[str, nn.Module], names: list[str], folder: Path, dummy: torch.Tensor,
-                prefix: str) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
-    """INT8 ONNX files (and their checks) of the named models."""
-    files, checks = {}, {}
-    for name in names:
-        files[name] = folder / f"{prefix}_{len(files)}.onnx"
-        checks[name] = transform_to_onnx(models[name], files[name], dummy, True)
-    return files, checks
-
-
 C2_ENDS = {"first_part\\.0|last_part": {"bits_weights": None, "bits_activations": None}}
 C2_INT8 = ["linear w8a8 QAT", "post-train w8a8", "post-train w8a8, first/last float"]
 
@@ -216,9 +206,9 @@ def main() -> None:
         models["post-train w8a8, first/last float"] = post_train(models["dense"], args, seed, C2_ENDS)
         c2_files = {"FP32 (dense)": folder / "fp32.onnx"}
         c2_checks = {"FP32 (dense)": transform_to_onnx(models["dense"], c2_files["FP32 (dense)"], dummy, False)}
-        files, checks = export_int8(models, [n for n in C2_INT8 if n in models], folder, dummy, "c2")
-        c2_files.update({f"INT8 {n}": f for n, f in files.items()})
-        c2_checks.update({f"INT8 {n}": c for n, c in checks.items()})
+        for name in (n for n in C2_INT8 if n in models):
+            c2_files[f"INT8 {name}"] = folder / f"c2_int8_{len(c2_files)}.onnx"
+            c2_checks[f"INT8 {name}"] = transform_to_onnx(models[name], c2_files[f"INT8 {name}"], dummy, True)
         if not args.latency_only:
             for name in ("post-train w8a8", "post-train w8a8, first/last float"):
                 runs.setdefault(name, []).append(score(models[name], args.scale))
