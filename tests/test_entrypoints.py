@@ -1,72 +1,31 @@
 """train.py / test.py as a user runs them: end to end on the embedded photographs, errors, SIGKILL + resume."""
 import csv
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-TINY = ["--iters_per_epoch", "3", "--crop_size", "16", "--batchSize", "4", "--print_freq", "1", "--testdata", "val"]
-AGP = """version: 1
-pruners:
-  p:
-    class: 'AutomatedGradualPruner'
-    initial_sparsity: 0.2
-    final_sparsity: 0.5
-    weights: ['mid_part.1.weight', 'mid_part.3.weight']
-policies:
-  - pruner:
-      instance_name: 'p'
-    starting_epoch: 0
-    ending_epoch: 2
-    frequency: 1
-"""
-
-
-def _cmd(script, *args):
-    return [sys.executable, str(ROOT / script), *args]
-
-
-def run(cwd, script, *args, timeout=180):
-    return subprocess.run(_cmd(script, *args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
-
-
-def _small_validation_set(folder):
-    """A 64x64 crop of an embedded photograph: validating on it each epoch costs next to nothing."""
-    from apps.sr.data import embedded_dir, load_rgb
-
-    target = Path(folder) / "val" / "rocket_crop.png"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(load_rgb(embedded_dir() / "rocket.jpg")[200:264, 300:364]).save(target)
-
-
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+from tests.app_runs import AGP, ENV, ROOT, TINY, command, load, run_app, small_validation_set
 
 
 def test_train_then_test_end_to_end(tmp_path):
-    _small_validation_set(tmp_path)
+    small_validation_set(tmp_path)
     (tmp_path / "agp.yaml").write_text(AGP)
-    r = run(tmp_path, "train.py", "--optform=SR", "--compress=agp.yaml", "--nEpochs", "2", "--save", "e2e", *TINY)
+    r = run_app(tmp_path, "train.py", "--optform=SR", "--compress=agp.yaml", "--nEpochs", "2", "--save", "e2e", *TINY)
     assert r.returncode == 0, r.stderr
     for path in ("checkpoints/e2e/latest.pth", "checkpoints/e2e/best.pth", "logs/e2e/e2e.log"):
         assert (tmp_path / path).is_file(), path
     assert list((tmp_path / "logs/e2e").glob("events.out.tfevents.*"))
     assert "checkpoints/e2e/best.pth" in r.stdout and "val PSNR" in (tmp_path / "logs/e2e/e2e.log").read_text()
-    ck = _load(tmp_path / "checkpoints/e2e/latest.pth")
+    ck = load(tmp_path / "checkpoints/e2e/latest.pth")
     assert ck["epoch"] == 1 and ck["schedule"]["pruners"]["p"]["final_sparsity"] == 0.5
     assert float((ck["model"]["mid_part.1.weight"] == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
 
-    r = run(tmp_path, "test.py", "--optform=SR", "--model=checkpoints/e2e/best.pth")
+    r = run_app(tmp_path, "test.py", "--optform=SR", "--model=checkpoints/e2e/best.pth")
     assert r.returncode == 0, r.stderr
     for name in ("astronaut", "chelsea", "coffee", "mean", "bicubic PSNR"):
         assert name in r.stdout
@@ -84,9 +43,9 @@ def test_train_then_test_end_to_end(tmp_path):
      "bad.yaml, line 6 at 'pruners.p.final_sparsty'"),
 ])
 def test_user_errors_are_one_clear_line(tmp_path, script, args, expect):
-    _small_validation_set(tmp_path)
+    small_validation_set(tmp_path)
     (tmp_path / "bad.yaml").write_text(AGP.replace("final_sparsity: 0.5", "final_sparsty: 0.5"))
-    r = run(tmp_path, script, *args)
+    r = run_app(tmp_path, script, *args)
     assert r.returncode == 2
     assert expect in r.stderr and "Traceback" not in r.stderr
 
@@ -138,14 +97,14 @@ def test_help_is_complete():
 
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
-    _small_validation_set(tmp_path)
+    small_validation_set(tmp_path)
     (tmp_path / "agp.yaml").write_text(AGP.replace("ending_epoch: 2", "ending_epoch: 3"))
     args = ["--optform=SR", "--compress=agp.yaml", "--nEpochs", "3", "--iters_per_epoch", "40", "--crop_size", "16",
             "--batchSize", "4", "--testdata", "val"]
-    r = run(tmp_path, "train.py", *args, "--save", "full")
+    r = run_app(tmp_path, "train.py", *args, "--save", "full")
     assert r.returncode == 0, r.stderr
 
-    proc = subprocess.Popen(_cmd("train.py", *args, "--save", "killed"), cwd=tmp_path, env=ENV,
+    proc = subprocess.Popen(command("train.py", *args, "--save", "killed"), cwd=tmp_path, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = tmp_path / "checkpoints/killed/latest.pth"
     deadline = time.time() + 120
@@ -155,12 +114,12 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = _load(latest)["epoch"]
+    killed_at = load(latest)["epoch"]
     assert killed_at < 2
 
-    r = run(tmp_path, "train.py", "--optform=SR", "--resume", str(latest))
+    r = run_app(tmp_path, "train.py", "--optform=SR", "--resume", str(latest))
     assert r.returncode == 0, r.stderr
-    full, resumed = _load(tmp_path / "checkpoints/full/latest.pth"), _load(latest)
+    full, resumed = load(tmp_path / "checkpoints/full/latest.pth"), load(latest)
     assert resumed["epoch"] == 2 and [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
     for key, value in full["model"].items():
         assert torch.equal(value, resumed["model"][key]), key

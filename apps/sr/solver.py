@@ -74,6 +74,12 @@ class Trainer:
         self.training_loader = training_loader
         self.validation_loader = validation_loader
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda":
+            # cuDNN's default kernels may sum gradients with atomics (a different order each run) and
+            # benchmark mode may pick other kernels in another process: a resumed run must repeat an
+            # uninterrupted one bit for bit (README), so only deterministic kernels, chosen the same way.
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
         self.model: nn.Module | None = None
         self.criterion: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None

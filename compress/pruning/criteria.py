@@ -34,8 +34,11 @@ def count_to_prune(level: float, n: int, round_to: int = 1) -> int:
 
 
 def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the k lowest scores (ties broken by position, so the count is exact)."""
-    out = torch.zeros(scores.numel(), dtype=torch.bool)
+    """Boolean mask of the k lowest scores (ties broken by position, so the count is exact).
+
+    The mask is on the scores' device (a CUDA weight's scores index a CUDA mask).
+    """
+    out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
     if k > 0:
         out[torch.argsort(scores.flatten(), stable=True)[:k]] = True
     return out.view(scores.shape)

@@ -126,9 +126,11 @@ def leader_group(resolver: GroupResolver, params: Sequence[str], kind: Kind) -> 
 def group_importance(group: ChannelGroup, params: dict[str, torch.Tensor], p: int) -> torch.Tensor:
     """Importance of each channel of `group`: the sum of the ranked members' L_p norms (to the power p).
 
-    Channels already zero in every member rank lowest, whatever their neighbours.
+    Channels already zero in every member rank lowest, whatever their neighbours. The scores are on
+    the members' device.
     """
-    score = torch.zeros(group.size, dtype=torch.float64)
+    device = next((params[m.param].device for m in group.members), torch.device("cpu"))
+    score = torch.zeros(group.size, dtype=torch.float64, device=device)
     for member in group.members:
         if not member.rank:
             continue
@@ -143,12 +145,13 @@ def group_importance(group: ChannelGroup, params: dict[str, torch.Tensor], p: in
 
 
 def group_mask(group: ChannelGroup, keep: torch.Tensor, shapes: dict[str, Sequence[int]]) -> dict[str, torch.Tensor]:
-    """Per-member-parameter masks that keep the channels where `keep` is True."""
+    """Per-member-parameter masks that keep the channels where `keep` is True (on keep's device)."""
     masks: dict[str, torch.Tensor] = {}
+    removed = torch.nonzero(~keep).flatten().tolist()
     for member in group.members:
         shape = tuple(shapes[member.param])
-        mask = masks.setdefault(member.param, torch.ones(shape))
-        dropped = [i for k in torch.nonzero(~keep).flatten().tolist() for i in member.indices(k)]
+        mask = masks.setdefault(member.param, torch.ones(shape, device=keep.device))
+        dropped = [i for k in removed for i in member.indices(k)]
         if dropped:
-            mask.index_fill_(member.dim, torch.tensor(dropped, dtype=torch.long), 0.0)
+            mask.index_fill_(member.dim, torch.tensor(dropped, dtype=torch.long, device=keep.device), 0.0)
     return masks

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from apputils.conv_taps import TapsConv
 from apputils.platform_summaries import sensitivity_analysis
 from apputils.sensitivity import DEFAULT_SPARSITIES, Evaluation, prunable_weights, suggest_levels
 from compress.pruning.criteria import count_to_prune
@@ -143,8 +144,9 @@ def test_fast_path_skips_layers_before_the_pruned_one():
     # whole-model path: baseline + every changed level of 3 weights, each over every batch
     assert slow_calls == n_batches * (1 + 3 * (n_levels - 1))
     # cached path: baseline, c1's own 9 levels, then once per later weight to fill the cache, plus the
-    # channels-last check on the first batch (plain forward and traced run)
-    assert fast_calls == n_batches * (1 + (n_levels - 1) + 2) + 2
+    # channels-last check on the first batch (plain forward and traced run) and the choice of kernels
+    # for the narrow c3 (one traced run)
+    assert fast_calls == n_batches * (1 + (n_levels - 1) + 2) + 3
 
 
 class Flattening(nn.Module):
@@ -384,3 +386,25 @@ def test_narrow_output_layer_levels_run_stacked(monkeypatch):
     assert [r is not None for r in used] == [False, False, True]  # c1, c2 are too wide
     slow = sensitivity_analysis(model, None, ev, "element", use_cache=False, progress=False)
     pd.testing.assert_frame_equal(fast, slow, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("taps_faster", [True, False])
+@pytest.mark.parametrize("stack_levels", [True, False])
+def test_narrow_convs_run_by_taps_when_measured_faster(monkeypatch, taps_faster, stack_levels):
+    import apputils.sensitivity as sens
+
+    model = Chain()  # c3 (6 -> 1 channels, 3x3) can run by taps; c1, c2 are too wide
+    ev = Evaluation(data((1, 12, 12)), mse_metrics)
+    monkeypatch.setattr(sens, "best_times", lambda fns, value, repeats: [1.0, 2.0] if taps_faster else [2.0, 1.0])
+    if not stack_levels:  # c3's own levels then run by taps too, reading its pruned weight
+        monkeypatch.setattr(sens._CachedEvaluation, "stacked", lambda self, steps: None)
+    convs = []
+    real = TapsConv.__call__
+    monkeypatch.setattr(TapsConv, "__call__", lambda self, x: convs.append(self.conv) or real(self, x))
+    fast = sensitivity_analysis(model, None, ev, "element", progress=False)
+    assert set(convs) == {model.c3}
+    n_batches, changed = 3, len(DEFAULT_SPARSITIES) - 1
+    # one check on the first batch; then, if faster, every level of c1 and c2 (and of c3 unless stacked)
+    assert len(convs) == 1 + taps_faster * n_batches * changed * (2 + (not stack_levels))
+    plain = sensitivity_analysis(model, None, ev, "element", fast_kernels=False, progress=False)
+    pd.testing.assert_frame_equal(fast, plain, rtol=1e-5, atol=1e-8)
