@@ -90,6 +90,7 @@ def env_info() -> dict[str, Any]:
         "cuda_devices": torch.cuda.device_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # huge pages: see apputils/huge_pages.py
         "argv": " ".join(sys.argv),
     }
     try:
