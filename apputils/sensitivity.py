@@ -251,18 +251,9 @@ class _PartialRunner:
         self._run(env, 0, start)
         return {n: env[n] for n in self.frontier(start)}
 
-    def inputs_of(self, wanted: Iterable[torch.fx.Node], x: Any) -> dict[torch.fx.Node, Any]:
-        """Run the whole model on x; return the first argument's value of each `wanted` node."""
-        wanted = set(wanted)
-        env: dict[torch.fx.Node, Any] = {}
-        self.interp.env = env
-        self.interp.args_iter = iter((x,))
-        seen = {}
-        for i, node in enumerate(self.nodes[:-1]):
-            if node in wanted:
-                seen[node] = env[node.args[0]]
-            self._run(env, i, i + 1)
-        return seen
+    def input_of(self, node: torch.fx.Node, x: Any) -> Any:
+        """The value of `node`'s first argument when the model runs on input x."""
+        return self.run_prefix(self.index[node], x)[node.args[0]]
 
     def _maybe_in_place(self, node: torch.fx.Node) -> bool:
         """Whether `node` may write into one of its inputs (`x += y`, `relu_`, `ReLU(inplace=True)`)."""
@@ -328,10 +319,9 @@ def choose_kernels(runner: _PartialRunner, x: Any, repeats: int = 3) -> None:
         return
     candidates = [n for n in runner.nodes if n.op == "call_module" and len(n.args) == 1 and not n.kwargs
                   and isinstance(n.args[0], torch.fx.Node) and runs_by_taps(runner.gm.get_submodule(str(n.target)))]
-    if not candidates:
-        return
     with torch.no_grad():
-        for node, value in runner.inputs_of(candidates, x).items():
+        for node in candidates:
+            value = runner.input_of(node, x)
             conv = runner.gm.get_submodule(str(node.target))
             if not torch.is_tensor(value) or value.dim() != 4:
                 continue

@@ -34,12 +34,11 @@ from apputils.checkpoint import load_checkpoint, rebuild_model, rng_states, save
 from apputils.onnx_export import transform_to_onnx
 from apputils.sensitivity import Evaluation, sensitivity_analysis
 from compress.masks import MaskStore
-from compress.pruning.groups import group_mask
 from compress.quantization import ActQuant, QuantActivation, QuantLayer
 from compress.thinning import TracedGroups, thin
 from tests.app_runs import AGP, ENV, ROOT, TINY, command, load, run_app, small_validation_set
 from tests.compress.nets import Plain
-from tests.compress.thinning.helpers import randomize
+from tests.compress.thinning.helpers import mask_half, randomize, train_steps
 from tests.compress.thinning.nets import ZOO
 from tests.compress.thinning.nets import Residual as ThinResidual
 from tests.scheduled import run_scheduled
@@ -259,29 +258,13 @@ def test_resume_on_the_gpu_is_bit_exact(schedule_file):
 # 3. Thinning on the GPU
 
 
-def mask_half_on_device(model: nn.Module, resolver, targets) -> dict[str, torch.Tensor]:
-    """Every other channel of each target's traced group masked (all members zeroed), masks on the device."""
-    shapes = {n: p.shape for n, p in model.named_parameters()}
-    masks: dict[str, torch.Tensor] = {}
-    for param, kind in targets:
-        group = resolver.group(param, kind)
-        keep = torch.arange(group.size, device=DEVICE) % 2 == 0
-        for name, mask in group_mask(group, keep, shapes).items():
-            assert on_device(mask)
-            masks[name] = masks[name] * mask if name in masks else mask
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in masks:
-                p.mul_(masks[name])
-    return masks
-
-
 @pytest.mark.parametrize("name", ["residual", "shuffle", "shuffle_concat", "residual_in_concat"])
 def test_masked_equals_thinned_on_the_gpu(name):
     cls, shape, targets = ZOO[name]
     model = randomize(cls()).to(DEVICE).eval()
     x = torch.randn(shape).to(DEVICE)
-    masks = mask_half_on_device(model, TracedGroups(model, x), targets)
+    masks = mask_half(model, TracedGroups(model, x), targets)
+    assert all(on_device(m) for m in masks.values())  # group_mask builds them on keep's device
     dense_params = sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         expected = model(x)
@@ -305,21 +288,13 @@ def test_thinning_with_optimizer_state_on_the_gpu(make_opt):
     model = randomize(ThinResidual()).to(DEVICE)
     gen = torch.Generator().manual_seed(3)
     x, y = torch.randn(4, 3, 8, 8, generator=gen).to(DEVICE), torch.randn(4, 3, 8, 8, generator=gen).to(DEVICE)
-    masks = mask_half_on_device(model, TracedGroups(model, x[:1]), ZOO["residual"][2])
+    masks = mask_half(model, TracedGroups(model, x[:1]), ZOO["residual"][2])
     opt = make_opt(model.parameters())
     store = MaskStore(model)
     for name, mask in masks.items():
         store.set(name, mask, opt)
 
-    def train_steps(m, o, s, n):
-        m.train()
-        for _ in range(n):
-            o.zero_grad()
-            F.mse_loss(m(x), y).backward()
-            o.step()
-            s.apply()
-
-    train_steps(model, opt, store, 2)
+    train_steps(model, opt, store, x, y, 2)
     thin_model, thin_opt = copy.deepcopy((model, opt))
     thin_store = MaskStore(thin_model)
     for name, mask in masks.items():
@@ -342,8 +317,8 @@ def test_thinning_with_optimizer_state_on_the_gpu(make_opt):
     thin_model.eval()
     with torch.no_grad():
         torch.testing.assert_close(thin_model(x), model(x), atol=1e-6, rtol=1e-6)
-    train_steps(model, opt, store, 3)
-    train_steps(thin_model, thin_opt, thin_store, 3)
+    train_steps(model, opt, store, x, y, 3)
+    train_steps(thin_model, thin_opt, thin_store, x, y, 3)
     model.eval()
     thin_model.eval()
     with torch.no_grad():

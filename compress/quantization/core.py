@@ -431,7 +431,7 @@ class QuantLayer:
         shape = [1] * wq.dim()
         shape[self.weight_axis] = -1
         q = torch.clamp(torch.round(wq / w_scale.view(shape)), -127, 127).to(torch.int8)
-        self._export_w = (q, w_scale, torch.zeros(w_scale.shape, dtype=torch.int8, device=w_scale.device))
+        self._export_w = (q, w_scale, torch.zeros_like(w_scale, dtype=torch.int8))
         self._export_b = None
         b = self.bias
         if b is not None and x_grid is not None:
@@ -441,7 +441,7 @@ class QuantLayer:
             b_scale = (x_grid.scale * w_scale).float()
             b_scale = torch.where(b_scale > 0, b_scale, torch.ones_like(b_scale))
             qb = torch.round(b / b_scale).to(torch.int32)
-            self._export_b = (qb, b_scale, torch.zeros(qb.shape, dtype=torch.int32, device=qb.device))
+            self._export_b = (qb, b_scale, torch.zeros_like(qb))
         return exact
 
     def _out(self, y: torch.Tensor) -> torch.Tensor:

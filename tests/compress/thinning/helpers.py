@@ -1,7 +1,8 @@
-"""Shared steps of the thinning tests: randomize, mask half of each group, predict the thin size."""
+"""Shared steps of the thinning tests: randomize, mask half of each group, train, predict the thin size."""
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from compress.masks import canonical
@@ -25,12 +26,14 @@ def randomize(model: nn.Module) -> nn.Module:
 
 
 def mask_half(model: nn.Module, resolver, targets) -> dict[str, torch.Tensor]:
-    """Mask every other channel of each target's traced group (zeroing all members), like a pruner does."""
+    """Mask every other channel of each target's traced group (zeroing all members), like a pruner does;
+    the masks are on the model's device."""
     shapes = {canonical(n): p.shape for n, p in model.named_parameters()}
+    device = next(model.parameters()).device
     masks: dict[str, torch.Tensor] = {}
     for param, kind in targets:
         group = resolver.group(param, kind)
-        keep = torch.arange(group.size) % 2 == 0
+        keep = torch.arange(group.size, device=device) % 2 == 0
         for name, mask in group_mask(group, keep, shapes).items():
             masks[name] = masks[name] * mask if name in masks else mask
     with torch.no_grad():
@@ -38,6 +41,16 @@ def mask_half(model: nn.Module, resolver, targets) -> dict[str, torch.Tensor]:
             if canonical(name) in masks:
                 p.mul_(masks[canonical(name)])
     return masks
+
+
+def train_steps(model: nn.Module, opt: torch.optim.Optimizer, store, x: torch.Tensor, y: torch.Tensor, n: int) -> None:
+    """n training steps on (x, y) with the masks of `store` re-applied after each."""
+    model.train()
+    for _ in range(n):
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+        store.apply()
 
 
 def layer_macs(model: nn.Module, x: torch.Tensor) -> dict[str, int]:

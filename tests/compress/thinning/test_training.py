@@ -10,19 +10,10 @@ from compress.masks import MaskStore
 from compress.thinning import TracedGroups, thin
 from tests.scheduled import run_scheduled
 
-from .helpers import mask_half, randomize
+from .helpers import mask_half, randomize, train_steps
 from .nets import ZOO, Residual
 
 TARGETS = ZOO["residual"][2]
-
-
-def train_steps(model, opt, store, x, y, n):
-    model.train()
-    for _ in range(n):
-        opt.zero_grad()
-        F.mse_loss(model(x), y).backward()
-        opt.step()
-        store.apply()
 
 
 @pytest.mark.parametrize("make_opt", [lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
