@@ -76,11 +76,6 @@ class StructureRemover(Component):
         self.recipe: list[dict[str, Any]] = []
         self.done: list[int] = []
 
-    @property
-    def input_shape(self) -> tuple[int, ...] | None:
-        """The traced input's shape that `dataset` stands for, if given."""
-        return DATASET_SHAPES.get(self.dataset) if self.dataset is not None else None
-
     def on_minibatch_begin(self, ctx: Context, step: Step, timing: Timing) -> None:
         if self.thin_at == "first_minibatch":
             self.remove(ctx, step)
