@@ -16,11 +16,12 @@ from .models import MODELS
 
 log = logging.getLogger(__name__)
 
+#: Default folders holding the runs' checkpoints (--checkpoint_dir) and the tests' results (--results_dir).
 CHECKPOINT_ROOT = Path("checkpoints")
 RESULTS_ROOT = Path("results")
 
 #: Options a resumed run may change; every other option comes from the checkpoint.
-RESUME_MAY_CHANGE = ("resume", "nEpochs", "device", "threads", "print_freq", "logdir", "given")
+RESUME_MAY_CHANGE = ("resume", "nEpochs", "device", "threads", "print_freq", "logdir", "checkpoint_dir", "given")
 
 DEMO_NOTE = ("With no data option the app trains and tests on real photographs shipped inside the "
              "scikit-image wheel (see apps/sr/data.py).")
@@ -92,19 +93,28 @@ class TrainOptions:
                        help="compression schedule, e.g. schedules/sr/agp_prune.yaml (default: dense training)")
         g = p.add_argument_group("run")
         g.add_argument("--save", default=None, metavar="RUN",
-                       help="run name: checkpoints go to checkpoints/<RUN>/ (latest.pth, best.pth), logs to "
-                            "<logdir>/<RUN>/ (default: <model>_x<scale>_<schedule>_<time>); an existing run "
-                            "of that name is moved aside to <RUN>_archived_<time>, never overwritten")
+                       help="run name, not a path: checkpoints go to <checkpoint_dir>/<RUN>/ (latest.pth, "
+                            "best.pth), logs to <logdir>/<RUN>/ (default: <model>_x<scale>_<schedule>_<time>); "
+                            "when the run starts, an existing run of that name is moved aside to "
+                            "<RUN>_archived_<time>, never overwritten")
+        g.add_argument("--checkpoint_dir", default=str(CHECKPOINT_ROOT), metavar="DIR",
+                       help="folder holding the runs' checkpoint folders, e.g. on another disk: "
+                            "--checkpoint_dir /data/runs --save x writes /data/runs/x/latest.pth")
         g.add_argument("--resume", default=None, metavar="CKPT",
-                       help="continue the run of this checkpoint (its options are kept; --nEpochs, "
-                            "--device, --threads, --print_freq may change)")
+                       help="continue the run of this checkpoint, in the folder the checkpoint is in unless "
+                            "--checkpoint_dir is given (its options are kept; --nEpochs, --device, --threads, "
+                            "--print_freq, --logdir may change)")
         g.add_argument("--print_freq", type=_positive(int), default=10,
                        help="minibatches between loss logs / TensorBoard points")
         self.parser = p
 
     def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
-        """Parse `argv` (default sys.argv[1:]) and settle the run: its name, or the resumed run's options."""
+        """Parse `argv` (default sys.argv[1:]) and settle the run: its name, or the resumed run's options.
+
+        Nothing is created or moved here: the Trainer does that when the run starts.
+        """
         opt = _parse(self.parser, argv)
+        _check_folder(opt.checkpoint_dir, "--checkpoint_dir")
         if opt.resume:
             saved = load_checkpoint(opt.resume, "SR").get("options") or {}
             for key, value in saved.items():
@@ -118,6 +128,12 @@ class TrainOptions:
                     log.warning("--%s %s ignored: a resumed run keeps its checkpoint's value %r",
                                 key, getattr(opt, key), value)
                 setattr(opt, key, value)
+            if "checkpoint_dir" not in opt.given:  # continue where the checkpoint is, wherever it was moved
+                folder = Path(opt.resume).parent
+                folder = folder.resolve() if folder.name in ("", "..") else folder
+                if folder.name != opt.save:
+                    log.info("resuming in '%s': the run continues there under the name '%s'", folder, folder.name)
+                opt.checkpoint_dir, opt.save = str(folder.parent), folder.name
             return opt
         if opt.compress and not Path(opt.compress).is_file():
             raise UserError(f"--compress: schedule file '{opt.compress}' does not exist; see schedules/sr/ "
@@ -125,9 +141,7 @@ class TrainOptions:
         if opt.save is None:
             schedule = Path(opt.compress).stem if opt.compress else "dense"
             opt.save = f"{opt.model}_x{opt.upscale_factor}_{schedule}_{time.strftime('%Y%m%d-%H%M%S')}"
-        _check_run_name(opt.save)
-        for folder in (CHECKPOINT_ROOT / opt.save, Path(opt.logdir) / opt.save):
-            archive(folder)
+        _check_run_name(opt.save, "--checkpoint_dir")
         return opt
 
 
@@ -150,9 +164,12 @@ class TestOptions:
         p.add_argument("--upscale_factor", type=_positive(int), default=None,
                        help="scale (default: the checkpoint's)")
         p.add_argument("--save", default=None, metavar="RUN",
-                       help="results go to results/<RUN>/ (default: the checkpoint's run name)")
+                       help="run name, not a path: results go to <results_dir>/<RUN>/ (default: the "
+                            "checkpoint's run name)")
+        p.add_argument("--results_dir", default=str(RESULTS_ROOT), metavar="DIR",
+                       help="folder holding the results folders (SR images, metrics.csv, reports)")
         p.add_argument("--reports", action="store_true",
-                       help="also write sensitivity / sparsity / MACs / ONNX reports into results/<RUN>/reports/")
+                       help="also write sensitivity / sparsity / MACs / ONNX reports into <results_dir>/<RUN>/reports/")
         p.add_argument("--sense_type", default="element", choices=["element", "filter", "channel"],
                        help="sensitivity analysis granularity for --reports")
         self.parser = p
@@ -160,32 +177,26 @@ class TestOptions:
     def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
         """Parse `argv` (default sys.argv[1:]); the scale and run name default to the checkpoint's."""
         opt = _parse(self.parser, argv)
+        _check_folder(opt.results_dir, "--results_dir")
         ckpt = load_checkpoint(opt.model, "SR")
         if opt.upscale_factor is None:
             opt.upscale_factor = int(ckpt["arch"]["kwargs"].get("upscale_factor", 2))
         if opt.save is None:
             opt.save = str(ckpt.get("run") or Path(opt.model).resolve().parent.name)
-        _check_run_name(opt.save)
+        _check_run_name(opt.save, "--results_dir")
         return opt
 
 
-def _check_run_name(name: str) -> None:
+def _check_run_name(name: str, folder_option: str) -> None:
     if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise UserError(f"--save '{name}' is not a usable run name; give a plain folder name such as 'demo'")
+        raise UserError(f"--save '{name}' is not a run name: give a plain folder name such as 'demo'; to keep "
+                        f"the run elsewhere, give the folder with {folder_option} (e.g. {folder_option} "
+                        f"/data/runs --save demo)")
 
 
-def archive(folder: Path) -> Path | None:
-    """Move an existing run folder aside to <folder>_archived_<time> (BasicSR's habit); returns the new path."""
-    if not folder.exists():
-        return None
-    target = folder.with_name(f"{folder.name}_archived_{time.strftime('%Y%m%d-%H%M%S')}")
-    n = 1
-    while target.exists():
-        target = folder.with_name(f"{folder.name}_archived_{time.strftime('%Y%m%d-%H%M%S')}_{n}")
-        n += 1
-    folder.rename(target)
-    log.warning("'%s' already existed: moved it to '%s'", folder, target)
-    return target
+def _check_folder(path: str, option: str) -> None:
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UserError(f"{option} '{path}' is a file, not a folder; give a folder (it is created if missing)")
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

@@ -21,7 +21,6 @@ from apputils.execution_env import FILE_ONLY, UserError, log_env_info, setup_run
 from .evaluation import ImageScore, evaluate, mean_scores, resolve_device
 from .metrics import psnr, ssim, to_uint8, ycbcr_to_rgb
 from .models import build_model, input_kind
-from .options import RESULTS_ROOT
 from .solver import APP, arch_input_kind, dummy_input, nonzero_parameters
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ class Tester:
         self.model: nn.Module | None = None
         self.criterion: nn.Module | None = None
         self.checkpoint: dict[str, Any] | None = None
-        self.out_dir = RESULTS_ROOT / config.save
+        self.out_dir = Path(config.results_dir) / config.save
         self.scores: list[ImageScore] = []
 
     def build_model(self) -> nn.Module:
@@ -107,7 +106,8 @@ class Tester:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserError(f"cannot create the results folder '{self.out_dir}' ({err}); choose another --save") from err
+            raise UserError(f"cannot create the results folder '{self.out_dir}' ({err}); choose another "
+                            f"--results_dir") from err
         env = setup_run(f"{opt.save}_test", opt.logdir)
         try:
             log_env_info()
