@@ -24,7 +24,7 @@ from apputils.onnx_export import (
     ExportError,
     transform_to_onnx,
 )
-from apputils.ort_probe import run_probe, u8s8_saturates
+from apputils.ort_probe import probe_exact, u8s8_saturates
 from compress.quantization import PORTABLE_WEIGHT_CODE
 from compress.quantization.core import Grid
 from compress.quantization.export import qlinear_add
@@ -169,10 +169,11 @@ def test_full_weight_grid_is_exact_with_vnni_and_refused_without(tmp_path):
 
 
 def test_the_probe_and_the_portable_bound():
-    """Codes up to +-64 never saturate (2 * 255 * 64 <= 32767), on every CPU; 127 does exactly where the
-    probe says so."""
-    assert (run_probe(PORTABLE_WEIGHT_CODE) == 200).all() and (run_probe(-PORTABLE_WEIGHT_CODE) == 200).all()
-    assert bool((run_probe(127) != 200).any()) == u8s8_saturates()
+    """Codes up to +-64 never saturate (2 * 255 * 64 <= 32767), on every CPU; one more saturates exactly
+    where the full grid does (the probe's CPU kind)."""
+    assert probe_exact(PORTABLE_WEIGHT_CODE) and probe_exact(-PORTABLE_WEIGHT_CODE) and probe_exact(1)
+    for code in (PORTABLE_WEIGHT_CODE + 1, -PORTABLE_WEIGHT_CODE - 1, 127, -127):
+        assert probe_exact(code) != u8s8_saturates(), code
 
 
 def qdq_add_session(scales, zero_points):
