@@ -1,5 +1,19 @@
-"""Quantization-aware training and post-training quantization (registers the quantizer classes)."""
-from .core import ActQuant, QuantActivation, QuantLayer, WeightQuant, fake_quant, is_quantized
+"""Quantization-aware training and post-training quantization (registers the quantizer classes).
+
+core: the grids and fake-quantized modules training uses; quantizers: the schedule components;
+export: the INT8 configuration and ONNX Runtime arithmetic of `export_mode(model, example_input)`.
+"""
+from .core import (
+    PORTABLE_WEIGHT_CODE,
+    WEIGHT_RANGES,
+    ActQuant,
+    QuantActivation,
+    QuantLayer,
+    WeightQuant,
+    fake_quant,
+    is_quantized,
+)
+from .export import ExportConfig, LayerExport, export_mode, in_export_mode
 from .quantizers import (
     DorefaQuantizer,
     PACTQuantizer,
@@ -11,7 +25,8 @@ from .quantizers import (
 )
 
 __all__ = [
-    "ActQuant", "DorefaQuantizer", "PACTQuantizer", "PostTrainLinearQuantizer",
-    "QuantAwareTrainRangeLinearQuantizer", "QuantActivation", "QuantLayer", "Quantizer", "WRPNQuantizer",
-    "WeightQuant", "fake_quant", "fold_batchnorm", "is_quantized",
+    "PORTABLE_WEIGHT_CODE", "WEIGHT_RANGES", "ActQuant", "DorefaQuantizer", "ExportConfig", "LayerExport",
+    "PACTQuantizer", "PostTrainLinearQuantizer", "QuantAwareTrainRangeLinearQuantizer", "QuantActivation",
+    "QuantLayer", "Quantizer", "WRPNQuantizer", "WeightQuant", "export_mode", "fake_quant", "fold_batchnorm",
+    "in_export_mode", "is_quantized",
 ]

@@ -6,13 +6,14 @@ weights and pruning masks applied to them are honoured. Parameter names do not c
 re-classed in place, not wrapped), so schedules, masks and checkpoints keep naming `conv.weight`.
 
 Everything a quantized tensor is mapped to is an integer grid `scale * (q - zero_point)` with `q` in
-`[qmin, qmax]`; the ONNX exporter writes exactly these grids as QuantizeLinear / DequantizeLinear.
+`[qmin, qmax]`; the INT8 export (compress.quantization.export) writes exactly these grids as
+QuantizeLinear / DequantizeLinear. Weight grids are limited to the integer codes every x86 CPU multiplies
+exactly (`weight_range`, PORTABLE_WEIGHT_CODE) unless the full int8 grid is asked for.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,13 @@ SCHEMES = ("asym", "sym")
 ACT_MODES = ("fixed", "learned", "ema", "calib")
 CALIB_CLIPS = ("NONE", "AVG", "N_STD")
 WEIGHT_KINDS = ("dorefa", "wrpn", "linear")
+
+#: The largest int8 weight code every x86 CPU multiplies exactly. Without VNNI (AMD before Zen 4, Intel
+#: before Cascade Lake), ONNX Runtime's uint8 x int8 kernels add pairs of products in 16 bits with
+#: saturation (vpmaddubsw), so 2 * 255 * |code| must stay <= 32767: |code| <= 64.
+PORTABLE_WEIGHT_CODE = 32767 // (2 * 255)
+#: weight_range -> the largest weight code it allows: "portable" (every x86 CPU) or "full" (VNNI CPUs only)
+WEIGHT_RANGES = {"portable": PORTABLE_WEIGHT_CODE, "full": 127}
 
 
 @dataclass(frozen=True)
@@ -77,12 +85,15 @@ def asym_grid(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> Grid:
     return Grid(scale, zero_point, 0, levels)
 
 
-def sym_grid(max_abs: torch.Tensor, bits: int, full_range: bool = False) -> Grid:
-    """Symmetric grid: scale = max_abs / (2**(bits-1) - 1), zero point 0, q in +-(2**(bits-1) - 1).
+def sym_grid(max_abs: torch.Tensor, bits: int, full_range: bool = False, max_code: int | None = None) -> Grid:
+    """Symmetric grid: scale = max_abs / levels, zero point 0, q in +-levels, levels = 2**(bits-1) - 1
+    (at most max_code when given: the portable weight grid).
 
     full_range also allows q = -2**(bits-1) (activations: the whole int8 range, so no extra clip is needed).
     """
     levels = 2 ** (bits - 1) - 1
+    if max_code is not None:
+        levels = min(levels, max_code)
     max_abs = max_abs.detach().float()
     scale = max_abs / levels
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -127,7 +138,6 @@ class ActQuant(nn.Module):
         self.ema_decay, self.calib_clip, self.num_stds = ema_decay, calib_clip, num_stds
         self.enabled = True
         self.calibrating = False
-        self.export_mode = False
         self.register_buffer("lo", torch.tensor(float(lo)))
         self.register_buffer("hi", torch.tensor(float(hi)))
         self.register_buffer("initialized", torch.tensor(mode in ("fixed", "learned")))
@@ -204,6 +214,10 @@ class ActQuant(nn.Module):
         self.hi.fill_(float(hi))
         self.initialized.fill_(True)
 
+    def quantizes(self) -> bool:
+        """Whether forward() maps onto the grid now (on, not calibrating, range known)."""
+        return self.enabled and not self.calibrating and bool(self.initialized)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
@@ -215,62 +229,10 @@ class ActQuant(nn.Module):
         if not bool(self.initialized):
             return x
         grid = self.grid()
-        if self.export_mode:
-            return tag(export_fake_quant(x, grid, self.clip_range(grid)), grid)
         if self.mode in ("fixed", "learned"):
             lo, hi = self.bounds()
             x = clamp_range(x, lo, hi)  # learned bounds get PACT's gradient here
         return tag(fake_quant(x, grid), grid)
-
-    def clip_range(self, grid: Grid) -> tuple[float, float]:
-        """The values the output can take: the clip (fixed / learned) intersected with the grid."""
-        lo, hi = float(grid.lo), float(grid.hi)
-        if self.mode in ("fixed", "learned"):
-            b_lo, b_hi = self.bounds()
-            lo, hi = max(lo, float(b_lo)), min(hi, float(b_hi))
-        return lo, hi
-
-
-def export_fake_quant(x: torch.Tensor, grid: Grid, clip: tuple[float, float]) -> torch.Tensor:
-    """The same mapping written with ops the ONNX exporter turns into Clip + QuantizeLinear/DequantizeLinear.
-
-    Activations travel as uint8: the grid is shifted into [0, 255]; when the values it may take (`clip`)
-    are narrower than the uint8 container (fewer bits, or a clip inside the grid) a Clip comes first, so
-    the exported values are exactly those of training.
-    """
-    scale, zp = uint8_grid(grid)
-    if needs_clip(grid, clip):
-        x = torch.clamp(x, clip[0], clip[1])
-    return QuantDequantUint8.apply(x, torch.tensor(scale, dtype=torch.float32),
-                                   torch.tensor(zp, dtype=torch.uint8))
-
-
-def uint8_grid(grid: Grid) -> tuple[float, int]:
-    """Scale and uint8 zero point of an activation grid shifted into [0, 255]."""
-    levels = grid.qmax - grid.qmin
-    if levels > 255:
-        raise ValueError(f"an activation grid of {levels + 1} levels does not fit in 8 bits")
-    return float(grid.scale), int(grid.zero_point) - grid.qmin
-
-
-def needs_clip(grid: Grid, clip: tuple[float, float]) -> bool:
-    """Whether the values an activation may take (`clip`) are narrower than its uint8 container."""
-    scale, zp = uint8_grid(grid)
-    return clip[0] > (0 - zp) * scale + scale / 2 or clip[1] < (255 - zp) * scale - scale / 2
-
-
-class QuantDequantUint8(torch.autograd.Function):
-    """ONNX QuantizeLinear -> DequantizeLinear to uint8, computed as ONNX specifies it (x / scale,
-    round half to even, saturate), so the PyTorch reference and ONNX Runtime agree value for value."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
-        zp = zero_point.float()
-        return (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
-
-    @staticmethod
-    def symbolic(g: Any, x: Any, scale: Any, zero_point: Any) -> Any:
-        return g.op("DequantizeLinear", g.op("QuantizeLinear", x, scale, zero_point), scale, zero_point)
 
 
 class WeightQuant(nn.Module):
@@ -281,19 +243,46 @@ class WeightQuant(nn.Module):
     wrpn:   clipped to [-1, 1], symmetric k-bit.
     linear: symmetric (max |w|) or asymmetric (min..max), per tensor or per output channel.
     Zeros stay exactly zero, so pruned weights remain pruned in the quantized model.
+
+    weight_range "portable" keeps the symmetric grids' integer codes within +-PORTABLE_WEIGHT_CODE (8-bit
+    WRPN / linear weights get 129 levels instead of 255; fewer bits are unaffected), so the INT8 model
+    is exact on every x86 CPU; "full" uses the whole int8 grid (exact on VNNI CPUs only).
     """
 
     def __init__(self, bits: int, kind: str, scheme: str = "sym", per_channel: bool = False, axis: int = 0,
-                 keep_scale: bool = False):
+                 keep_scale: bool = False, weight_range: str = "portable"):
         super().__init__()
-        if kind not in WEIGHT_KINDS or scheme not in SCHEMES:
-            raise ValueError(f"bad WeightQuant configuration kind={kind} scheme={scheme}")
+        if kind not in WEIGHT_KINDS or scheme not in SCHEMES or weight_range not in WEIGHT_RANGES:
+            raise ValueError(f"bad WeightQuant configuration kind={kind} scheme={scheme} weight_range={weight_range}")
         self.bits, self.kind, self.scheme, self.per_channel, self.axis = bits, kind, scheme, per_channel, axis
-        self.keep_scale = keep_scale
+        self.keep_scale, self.weight_range = keep_scale, weight_range
 
     def extra_repr(self) -> str:
         return (f"bits={self.bits}, kind={self.kind}, scheme={self.scheme}, per_channel={self.per_channel}, "
-                f"keep_scale={self.keep_scale}")
+                f"keep_scale={self.keep_scale}, weight_range={self.weight_range}")
+
+    @property
+    def max_code(self) -> int:
+        """The largest int8 code the exported weight may use (PORTABLE_WEIGHT_CODE or 127)."""
+        return WEIGHT_RANGES[self.weight_range]
+
+    @property
+    def levels(self) -> int:
+        """Positive levels of the symmetric WRPN / linear grid (2**(bits-1) - 1, at most max_code to 8 bits)."""
+        full = 2 ** (self.bits - 1) - 1
+        return min(full, self.max_code) if self.bits <= 8 else full
+
+    @property
+    def exact_in_int8(self) -> bool:
+        """Whether this grid's values are int8 codes within max_code times a per-channel scale.
+
+        DoReFa's k-bit grid has 2**k levels and no zero (odd codes up to 2**k - 1: k <= 6 portable, 7 full),
+        1-bit DoReFa is +-1; symmetric WRPN / linear grids up to 8 bits are; asymmetric weights
+        (a zero point per channel) and wider grids are not, and are re-rounded at export.
+        """
+        if self.kind == "dorefa":
+            return self.bits == 1 or 2 ** self.bits - 1 <= self.max_code
+        return self.bits <= 8 and (self.kind == "wrpn" or self.scheme == "sym")
 
     def _reduce(self, w: torch.Tensor, fn: str) -> torch.Tensor:
         if not self.per_channel:
@@ -316,66 +305,39 @@ class WeightQuant(nn.Module):
                 if self.keep_scale:
                     wq = wq * w.detach().abs().max()
         elif self.kind == "wrpn":
-            wq = fake_quant(torch.clamp(w, -1.0, 1.0), sym_grid(torch.ones((), device=w.device), k))
+            wq = fake_quant(torch.clamp(w, -1.0, 1.0), sym_grid(torch.ones((), device=w.device), k,
+                                                                max_code=self.levels))
         elif self.scheme == "sym":
-            wq = fake_quant(w, sym_grid(self._reduce(w.detach().abs(), "max"), k))
+            wq = fake_quant(w, sym_grid(self._reduce(w.detach().abs(), "max"), k, max_code=self.levels))
         else:
             wd = w.detach()
             wq = fake_quant(w, asym_grid(self._reduce(wd, "min"), self._reduce(wd, "max"), k))
         return torch.where(w.detach() == 0, torch.zeros_like(wq), wq)
 
-    def int8_grid(self, wq: torch.Tensor, axis: int) -> tuple[torch.Tensor, bool]:
-        """Per-channel scales that put the fake-quantized weight `wq` on int8, and whether that is exact.
+    def code_scale(self, wq: torch.Tensor, axis: int) -> torch.Tensor:
+        """Per-channel scale (float32, along `axis`) that puts the fake-quantized weight `wq` on int8 codes.
 
-        DoReFa (k <= 7) and WRPN / symmetric linear weights (k <= 8) are exactly representable; other
-        grids (DoReFa 8-bit needs 9 bits, asymmetric weights) are re-rounded to symmetric int8.
+        Exact grids (see exact_in_int8) keep their own step; the others get max|w| / max_code per
+        channel, the grid the export re-rounds them to. Tensor math only (no host synchronisation), so
+        training can put the bias on input_scale x weight_scale at every step.
         """
         wq = wq.detach()
         dims = [d for d in range(wq.dim()) if d != axis]
         channels = wq.shape[axis]
-        max_abs = wq.abs().amax(dims)
+        max_abs = wq.abs().amax(dims) if dims else wq.abs()
         k = self.bits
-        device = wq.device
         if self.kind == "dorefa" and k == 1:
-            scale = wq.abs().max().expand(channels)
-        elif self.kind == "dorefa" and k <= 7:
-            top = wq.abs().max() if self.keep_scale else torch.ones((), device=device)
+            scale = wq.abs().amax().expand(channels)
+        elif self.kind == "dorefa" and self.exact_in_int8:
+            top = wq.abs().amax() if self.keep_scale else torch.ones((), device=wq.device)
             scale = (top / (2 ** k - 1)).expand(channels)
-        elif self.kind == "wrpn" and k <= 8:
-            scale = torch.full((channels,), 1.0 / (2 ** (k - 1) - 1), device=device)
-        elif self.kind == "linear" and self.scheme == "sym" and k <= 8:
-            levels = 2 ** (k - 1) - 1
-            scale = max_abs / levels if self.per_channel else max_abs.max().expand(channels) / levels
+        elif self.kind == "wrpn" and self.exact_in_int8:
+            scale = torch.full((channels,), 1.0 / self.levels, device=wq.device)
+        elif self.exact_in_int8:
+            scale = (max_abs if self.per_channel else max_abs.amax().expand(channels)) / self.levels
         else:
-            scale = max_abs / 127
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale)).float().contiguous()
-        shape = [1] * wq.dim()
-        shape[axis] = channels
-        q = wq / scale.view(shape)
-        exact = bool((q - torch.round(q)).abs().max() < 1e-3) and bool(q.abs().max() <= 127.5)
-        return scale, exact
-
-
-class DequantizeConst(torch.autograd.Function):
-    """`scale * (q - zero_point)` of an integer constant, exported as one ONNX DequantizeLinear.
-
-    Written as a Function with a symbolic so the ONNX exporter keeps the int8 weight / int32 bias and
-    its DequantizeLinear (plain ops on constants would be folded back into a float tensor).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
-                axis: int) -> torch.Tensor:
-        shape = [1] * q.dim()
-        if scale.dim() == 1 and q.dim() > 1:
-            shape[axis] = -1
-        else:
-            shape = list(scale.shape)
-        return (q.float() - zero_point.float().view(shape)) * scale.view(shape)
-
-    @staticmethod
-    def symbolic(g: Any, q: Any, scale: Any, zero_point: Any, axis: int) -> Any:
-        return g.op("DequantizeLinear", q, scale, zero_point, axis_i=axis)
+            scale = max_abs / self.max_code
+        return torch.where(scale > 0, scale, torch.ones_like(scale)).float().contiguous()
 
 
 def quantize_bias(bias: torch.Tensor, in_scale: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
@@ -390,33 +352,35 @@ class QuantLayer:
 
     Attributes attached by the quantizer: weight_quant (WeightQuant or None), input_quant and
     output_quant (ActQuant or None), bias_bits (None: float bias; 0: the int32 grid in_scale * w_scale
-    that integer kernels add; k > 0: k bits symmetric). The input is quantized by input_quant only when it does not already lie
-    on a grid (i.e. it does not come straight from a quantized activation).
+    that integer kernels add; k > 0: k bits symmetric) and quant_enabled (fake quantization on or off).
+    The input is quantized by input_quant only when it does not already lie on a grid (i.e. it does not
+    come straight from a quantized activation).
     """
 
     weight_axis = 0
+    quant_enabled = True
+    weight_quant: WeightQuant | None
+    input_quant: ActQuant | None
+    output_quant: ActQuant | None
+    bias_bits: int | None
 
-    def _quant_args(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        enabled = getattr(self, "quant_enabled", True)
+    def quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, Grid | None]:
+        """The layer's input on its grid (input_quant, unless it already lies on one) and that grid."""
         grid = tagged_grid(x)
-        if enabled and grid is None and self.input_quant is not None:
+        if grid is None and self.input_quant is not None:
             x = self.input_quant(x)
             grid = tagged_grid(x)
+        return x, grid
+
+    def _quant_args(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if not self.quant_enabled:
+            return x, self.weight, self.bias
+        x, grid = self.quantize_input(x)
         w, b = self.weight, self.bias
-        if not enabled:
-            return x, w, b
-        export = getattr(self, "export_mode", False)
         w_scale = None
         if self.weight_quant is not None:
-            if export:
-                if getattr(self, "_export_w", None) is None:
-                    self.export_exact = self.freeze_for_export(grid)
-                w = DequantizeConst.apply(*self._export_w, self.weight_axis)
-                if self._export_b is not None:
-                    b = DequantizeConst.apply(*self._export_b, 0)
-                return x, w, b
             w = self.weight_quant(w)
-            w_scale, _ = self.weight_quant.int8_grid(w, self.weight_axis)
+            w_scale = self.weight_quant.code_scale(w, self.weight_axis)
         if b is not None and self.bias_bits is not None:
             if self.bias_bits > 0:
                 b = fake_quant(b, sym_grid(b.detach().abs().max(), self.bias_bits))
@@ -424,28 +388,8 @@ class QuantLayer:
                 b = quantize_bias(b, grid.scale, w_scale)
         return x, w, b
 
-    def freeze_for_export(self, x_grid: Grid | None) -> bool:
-        """Fix the int8 weight and int32 bias the export writes; returns whether the weight grid is exact."""
-        wq = self.weight_quant(self.weight).detach()
-        w_scale, exact = self.weight_quant.int8_grid(wq, self.weight_axis)
-        shape = [1] * wq.dim()
-        shape[self.weight_axis] = -1
-        q = torch.clamp(torch.round(wq / w_scale.view(shape)), -127, 127).to(torch.int8)
-        self._export_w = (q, w_scale, torch.zeros_like(w_scale, dtype=torch.int8))
-        self._export_b = None
-        b = self.bias
-        if b is not None and x_grid is not None:
-            b = b.detach()
-            if self.bias_bits is not None and self.bias_bits > 0:
-                b = fake_quant(b, sym_grid(b.abs().max(), self.bias_bits))
-            b_scale = (x_grid.scale * w_scale).float()
-            b_scale = torch.where(b_scale > 0, b_scale, torch.ones_like(b_scale))
-            qb = torch.round(b / b_scale).to(torch.int32)
-            self._export_b = (qb, b_scale, torch.zeros_like(qb))
-        return exact
-
     def _out(self, y: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "quant_enabled", True) and self.output_quant is not None:
+        if self.quant_enabled and self.output_quant is not None:
             return self.output_quant(y)
         return y
 
@@ -455,39 +399,7 @@ class QuantConv2d(nn.Conv2d, QuantLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, w, b = self._quant_args(x)
-        if getattr(self, "export_mode", False) and not torch.onnx.is_in_onnx_export():
-            y = self._integer_conv(x)
-            if y is not None:
-                return self._out(y)
         return self._out(self._conv_forward(x, w, b))
-
-    def _integer_conv(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The output of ONNX Runtime's QLinearConv, value for value, or None where it does not apply.
-
-        The exported DQ -> Conv -> Q runs as an int32 sum of uint8 inputs times int8 weights plus the
-        int32 bias, scaled by float32(in_scale * w_scale / out_scale) and rounded half to even. Summing
-        the dequantized floats instead lands values that sit on a rounding tie one step apart, and 16
-        requantizations later a few output values are several steps off; the export check compares
-        against this exact form. Sums are exact in float64 (|sum| < 2**53).
-        """
-        grid = tagged_grid(x)
-        out = self.output_quant
-        if (grid is None or grid.scale.numel() != 1 or out is None or not out.enabled
-                or getattr(self, "_export_w", None) is None or self.padding_mode != "zeros"):
-            return None
-        out_grid = out.grid()
-        if needs_clip(out_grid, out.clip_range(out_grid)):
-            return None  # a Clip between Conv and Q: ONNX Runtime runs the Conv in float
-        qw, w_scale, _ = self._export_w
-        x_scale, _ = uint8_grid(grid)
-        y_scale, y_zp = uint8_grid(out_grid)
-        xi = torch.round(x.double() / x_scale)
-        qb = self._export_b[0].double() if self._export_b is not None else None
-        acc = self._conv_forward(xi, qw.double(), qb).float()
-        mult = (torch.tensor(x_scale, dtype=torch.float32) * w_scale.float()
-                / torch.tensor(y_scale, dtype=torch.float32)).view(1, -1, 1, 1)
-        q = torch.clamp(torch.round(acc * mult) + y_zp, 0, 255)
-        return ((q - y_zp) * torch.tensor(y_scale, dtype=torch.float32)).to(x.dtype)
 
 
 class QuantConvTranspose2d(nn.ConvTranspose2d, QuantLayer):
@@ -519,9 +431,12 @@ QUANT_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
 class QuantActivation:
     """Shared forward of quantized activation modules: the float activation, then `act_quant`."""
 
+    quant_enabled = True
+    act_quant: ActQuant | None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)
-        if getattr(self, "quant_enabled", True) and self.act_quant is not None:
+        if self.quant_enabled and self.act_quant is not None:
             y = self.act_quant(y)
         return y
 

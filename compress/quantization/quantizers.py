@@ -5,6 +5,10 @@ linear / conv layers are re-classed to their quantized versions (same parameter 
 input and output quantizers; activation modules (ReLU, PReLU, ...) are re-classed so their output is
 fake-quantized. QAT quantizers start quantizing at the first epoch their policy schedules and stay on
 afterwards; the post-training quantizer calibrates on the first batches it sees, then stays on.
+
+Every quantizer takes `weight_range` (also per layer in `overrides`): "portable" (the default) keeps the
+int8 weight codes within +-64, so the INT8 ONNX model computes exactly what the simulation does on every
+x86 CPU; "full" uses the whole int8 grid, exact only on CPUs with VNNI (core.PORTABLE_WEIGHT_CODE says why).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from ..registry import QUANTIZERS
 from .core import (
     QUANT_ACTIVATIONS,
     QUANT_LAYERS,
+    WEIGHT_RANGES,
     ActQuant,
     QuantActivation,
     QuantLayer,
@@ -40,6 +45,9 @@ BASE_SETTINGS: dict[str, tuple[type, ...]] = {
     "bits_weights": (int, type(None)),
     "bits_bias": (int, type(None)),
     "quantize_bias": (bool,),
+    # "portable": int8 weight codes within +-64, exact in ONNX Runtime on every x86 CPU (default);
+    # "full": the whole int8 grid, exact only on CPUs with VNNI (see core.PORTABLE_WEIGHT_CODE)
+    "weight_range": (str,),
 }
 #: settings only an override sets (they concern particular layers)
 OVERRIDE_SETTINGS: dict[str, tuple[type, ...]] = {
@@ -55,6 +63,13 @@ def _check_bits(key: str | tuple, value: int | None, top: int) -> None:
         raise ArgumentError(key, f"must be an integer from 1 to {top} or null (no quantization), got {value!r}")
 
 
+def _check_weight_range(key: str | tuple, value: str) -> None:
+    if value not in WEIGHT_RANGES:
+        raise ArgumentError(key, f"must be one of {', '.join(WEIGHT_RANGES)}, got {value!r}",
+                            hint=did_you_mean(str(value), WEIGHT_RANGES)
+                            or "portable: exact INT8 on every x86 CPU; full: the whole int8 grid, VNNI CPUs only")
+
+
 class Quantizer(Component):
     """Base of the QAT and post-training quantizers: settings per layer, overrides, prepare, state."""
 
@@ -64,14 +79,15 @@ class Quantizer(Component):
     def __init__(self, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,
                  bits_activations: int | None = 8, bits_weights: int | None = 8, bits_bias: int | None = None,
                  quantize_bias: bool = True, overrides: dict[str, dict[str, Any]] | None = None,
-                 name: str | None = None, **extra: Any):
+                 name: str | None = None, weight_range: str = "portable", **extra: Any):
         _check_bits("bits_activations", bits_activations, 16)
         _check_bits("bits_weights", bits_weights, 16)
         _check_bits("bits_bias", bits_bias, 32)
+        _check_weight_range("weight_range", weight_range)
         self.model, self.optimizer, self.name = model, optimizer, name
         self.defaults: dict[str, Any] = {"bits_activations": bits_activations, "bits_weights": bits_weights,
                                          "bits_bias": bits_bias, "quantize_bias": quantize_bias,
-                                         "input_range": None, **extra}
+                                         "weight_range": weight_range, "input_range": None, **extra}
         self.overrides: list[tuple[re.Pattern[str], dict[str, Any]]] = []
         allowed = {**BASE_SETTINGS, **OVERRIDE_SETTINGS, **self.extra_settings}
         names = [canonical(n) for n, _ in model.named_modules() if n] if model is not None else None
@@ -94,6 +110,8 @@ class Quantizer(Component):
                     raise ArgumentError(("overrides", pattern, key), f"must be {kinds}, got {value!r}")
                 if key.startswith("bits_"):
                     _check_bits(("overrides", pattern, key), value, 32 if key == "bits_bias" else 16)
+                if key == "weight_range":
+                    _check_weight_range(("overrides", pattern, key), value)
                 if key == "input_range" and not (len(value) == 2 and all(
                         isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and value[0] < value[1]):
                     raise ArgumentError(("overrides", pattern, key), f"must be [lo, hi] with lo < hi, got {value!r}",
@@ -271,14 +289,16 @@ class DorefaQuantizer(_ClippedQAT):
     def __init__(self, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,
                  bits_activations: int | None = 8, bits_weights: int | None = 8, bits_bias: int | None = None,
                  quantize_bias: bool = True, overrides: dict[str, dict[str, Any]] | None = None,
-                 act_clip_val: float = 1.0, keep_weight_scale: bool = True, name: str | None = None):
+                 act_clip_val: float = 1.0, keep_weight_scale: bool = True, name: str | None = None,
+                 weight_range: str = "portable"):
         _check_clip(act_clip_val)
         self.keep_weight_scale = keep_weight_scale
         super().__init__(model, optimizer, bits_activations, bits_weights, bits_bias, quantize_bias, overrides,
-                         name, act_clip_val=act_clip_val)
+                         name, weight_range, act_clip_val=act_clip_val)
 
     def weight_quant(self, settings: dict[str, Any], axis: int, per_channel_ok: bool) -> WeightQuant:
-        return WeightQuant(settings["bits_weights"], "dorefa", axis=axis, keep_scale=self.keep_weight_scale)
+        return WeightQuant(settings["bits_weights"], "dorefa", axis=axis, keep_scale=self.keep_weight_scale,
+                           weight_range=settings["weight_range"])
 
 
 @QUANTIZERS.register()
@@ -291,15 +311,15 @@ class WRPNQuantizer(_ClippedQAT):
     def __init__(self, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,
                  bits_activations: int | None = 8, bits_weights: int | None = 8, bits_bias: int | None = None,
                  quantize_bias: bool = True, overrides: dict[str, dict[str, Any]] | None = None,
-                 act_clip_val: float = 1.0, name: str | None = None):
+                 act_clip_val: float = 1.0, name: str | None = None, weight_range: str = "portable"):
         _check_clip(act_clip_val)
         if bits_weights == 1:
             raise ArgumentError("bits_weights", "WRPN needs at least 2 weight bits (a symmetric grid)")
         super().__init__(model, optimizer, bits_activations, bits_weights, bits_bias, quantize_bias, overrides,
-                         name, act_clip_val=act_clip_val)
+                         name, weight_range, act_clip_val=act_clip_val)
 
     def weight_quant(self, settings: dict[str, Any], axis: int, per_channel_ok: bool) -> WeightQuant:
-        return WeightQuant(max(2, settings["bits_weights"]), "wrpn", axis=axis)
+        return WeightQuant(max(2, settings["bits_weights"]), "wrpn", axis=axis, weight_range=settings["weight_range"])
 
 
 @QUANTIZERS.register()
@@ -319,7 +339,7 @@ class PACTQuantizer(Quantizer):
                  quantize_bias: bool = True, overrides: dict[str, dict[str, Any]] | None = None,
                  act_clip_init_val: float = 8.0, act_clip_decay: float | None = None,
                  act_clip_neg_init_val: float | None = None, keep_weight_scale: bool = True,
-                 name: str | None = None):
+                 name: str | None = None, weight_range: str = "portable"):
         if not act_clip_init_val > 0:
             raise ArgumentError("act_clip_init_val", f"must be > 0, got {act_clip_init_val!r}")
         if act_clip_neg_init_val is not None and not act_clip_neg_init_val > 0:
@@ -328,10 +348,12 @@ class PACTQuantizer(Quantizer):
             raise ArgumentError("act_clip_decay", f"must be >= 0 or null, got {act_clip_decay!r}")
         self.act_clip_decay, self.keep_weight_scale = act_clip_decay, keep_weight_scale
         super().__init__(model, optimizer, bits_activations, bits_weights, bits_bias, quantize_bias, overrides,
-                         name, act_clip_init_val=act_clip_init_val, act_clip_neg_init_val=act_clip_neg_init_val)
+                         name, weight_range, act_clip_init_val=act_clip_init_val,
+                         act_clip_neg_init_val=act_clip_neg_init_val)
 
     def weight_quant(self, settings: dict[str, Any], axis: int, per_channel_ok: bool) -> WeightQuant:
-        return WeightQuant(settings["bits_weights"], "dorefa", axis=axis, keep_scale=self.keep_weight_scale)
+        return WeightQuant(settings["bits_weights"], "dorefa", axis=axis, keep_scale=self.keep_weight_scale,
+                           weight_range=settings["weight_range"])
 
     def act_quant(self, settings: dict[str, Any], signed: bool, natural: tuple[float, float] | None) -> ActQuant:
         init = float(settings["act_clip_init_val"])
@@ -395,17 +417,18 @@ class QuantAwareTrainRangeLinearQuantizer(Quantizer):
                  bits_activations: int | None = 8, bits_weights: int | None = 8, bits_bias: int | None = None,
                  quantize_bias: bool = True, overrides: dict[str, dict[str, Any]] | None = None,
                  mode: str | dict[str, str] = "SYMMETRIC", per_channel_wts: bool = False,
-                 ema_decay: float = 0.999, name: str | None = None):
+                 ema_decay: float = 0.999, name: str | None = None, weight_range: str = "portable"):
         self.mode = _parse_mode(mode)
         if not 0 <= ema_decay < 1:
             raise ArgumentError("ema_decay", f"must be in [0, 1), got {ema_decay!r}")
         self.per_channel_wts, self.ema_decay = per_channel_wts, ema_decay
         super().__init__(model, optimizer, bits_activations, bits_weights, bits_bias, quantize_bias, overrides,
-                         name)
+                         name, weight_range)
 
     def weight_quant(self, settings: dict[str, Any], axis: int, per_channel_ok: bool) -> WeightQuant:
         return WeightQuant(settings["bits_weights"], "linear", self.mode["weights"],
-                           per_channel=self.per_channel_wts and per_channel_ok, axis=axis)
+                           per_channel=self.per_channel_wts and per_channel_ok, axis=axis,
+                           weight_range=settings["weight_range"])
 
     def act_quant(self, settings: dict[str, Any], signed: bool, natural: tuple[float, float] | None) -> ActQuant:
         return self.io_quant(settings, settings["bits_activations"])
@@ -428,7 +451,8 @@ class PostTrainLinearQuantizer(QuantAwareTrainRangeLinearQuantizer):
                  quantize_bias: bool = True, overrides: dict[str, dict[str, Any]] | None = None,
                  mode: str | dict[str, str] = "SYMMETRIC", per_channel_wts: bool = False,
                  clip_acts: Literal["NONE", "AVG", "N_STD"] = "NONE", num_stds: float | None = None,
-                 calibration_batches: int = 8, fold_batchnorm: bool = True, name: str | None = None):
+                 calibration_batches: int = 8, fold_batchnorm: bool = True, name: str | None = None,
+                 weight_range: str = "portable"):
         if clip_acts == "N_STD" and (num_stds is None or num_stds <= 0):
             raise ArgumentError("num_stds", "clip_acts: N_STD needs num_stds > 0 (e.g. 3)")
         if calibration_batches < 1:
@@ -439,7 +463,7 @@ class PostTrainLinearQuantizer(QuantAwareTrainRangeLinearQuantizer):
         self._seen = 0
         self._hook: Any = None
         super().__init__(model, optimizer, bits_activations, bits_weights, bits_bias, quantize_bias, overrides,
-                         mode, per_channel_wts, 0.0, name)
+                         mode, per_channel_wts, 0.0, name, weight_range)
         self.active = True
 
     def io_quant(self, settings: dict[str, Any], bits: int) -> ActQuant:

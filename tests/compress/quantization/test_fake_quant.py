@@ -2,7 +2,15 @@
 import pytest
 import torch
 
-from compress.quantization.core import ActQuant, WeightQuant, asym_grid, fake_quant, round_ste, sym_grid
+from compress.quantization.core import (
+    PORTABLE_WEIGHT_CODE,
+    ActQuant,
+    WeightQuant,
+    asym_grid,
+    fake_quant,
+    round_ste,
+    sym_grid,
+)
 
 
 def t(*values):
@@ -125,3 +133,65 @@ def test_dorefa_weight_gradient_flows_through_tanh():
     w = t(0.1, -0.5, 0.9).requires_grad_()
     WeightQuant(4, "dorefa")(w).sum().backward()
     assert torch.all(w.grad != 0)
+
+
+def codes(wq, scale):
+    return torch.round(wq / scale)
+
+
+@pytest.mark.parametrize("kind", ["linear", "wrpn"])
+def test_portable_weight_grid_keeps_codes_within_64(kind):
+    """8-bit symmetric weights: +-64 on the portable grid (2 * 255 * 64 <= 32767), +-127 on the full one;
+    4 bits are the same on both."""
+    w = torch.linspace(-1.0, 1.0, 1001).view(1, -1)  # one output channel
+    portable, full = WeightQuant(8, kind), WeightQuant(8, kind, weight_range="full")
+    assert portable.weight_range == "portable" and portable.max_code == PORTABLE_WEIGHT_CODE == 64
+    for quant, top in ((portable, 64), (full, 127)):
+        wq = quant(w)
+        q = codes(wq, quant.code_scale(wq, 0))
+        assert int(q.abs().max()) == top and len(torch.unique(q)) == 2 * top + 1  # every level used, none beyond
+        assert torch.allclose(q * quant.code_scale(wq, 0), wq, atol=1e-7)  # the simulation lies on those codes
+    assert torch.equal(WeightQuant(4, kind)(w), WeightQuant(4, kind, weight_range="full")(w))
+
+
+@pytest.mark.parametrize("bits, weight_range, exact", [(6, "portable", True), (7, "portable", False),
+                                                        (7, "full", True), (8, "full", False), (1, "portable", True)])
+def test_dorefa_grids_exact_in_int8(bits, weight_range, exact):
+    """DoReFa's k-bit grid has odd codes up to 2**k - 1: exact within +-64 up to 6 bits, +-127 up to 7."""
+    quant = WeightQuant(bits, "dorefa", keep_scale=True, weight_range=weight_range)
+    assert quant.exact_in_int8 == exact
+    wq = quant(torch.linspace(-1.2, 1.2, 257).view(1, -1))
+    ratio = wq / quant.code_scale(wq, 0)
+    assert (float((ratio - torch.round(ratio)).abs().max()) < 1e-4) == exact or bits == 8
+    assert float(ratio.abs().max()) <= quant.max_code + 1e-4 or not exact
+
+
+def test_training_forward_reads_nothing_back_from_the_device():
+    """The bias grid (input_scale x weight_scale) is computed from tensors only: a training step of a
+    quantized layer never asks the device for a value (no .item(), bool(), float() on a tensor)."""
+    from torch.overrides import TorchFunctionMode
+
+    from compress.quantization.core import QuantConv2d, tag
+
+    class HostReads(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.reads = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            if name in ("item", "__bool__", "__float__", "__int__", "__index__", "tolist"):
+                self.reads.append(name)
+            return func(*args, **(kwargs or {}))
+
+    for kind in ("linear", "dorefa", "wrpn"):
+        conv = torch.nn.Conv2d(2, 3, 3)
+        conv.__class__ = QuantConv2d
+        conv.weight_quant = WeightQuant(8, kind, per_channel=True)
+        conv.input_quant = conv.output_quant = None
+        conv.bias_bits = 0
+        x = tag(torch.rand(1, 2, 5, 5), sym_grid(torch.tensor(1.0), 8))
+        with HostReads() as mode:
+            conv(x).sum().backward()
+        assert mode.reads == [], (kind, mode.reads)
+        assert conv.bias.grad is not None

@@ -95,11 +95,29 @@ def test_overrides_first_match_wins():
     ({"conv1": {"bits_weights": 40}}, "quantizers.q.overrides.conv1.bits_weights", "from 1 to 16"),
     ({"conv1": {"input_range": [1.0, 0.0]}}, "quantizers.q.overrides.conv1.input_range", "lo < hi"),
     ({"conv1": {"input_range": 1.0}}, "quantizers.q.overrides.conv1.input_range", "must be list or tuple"),
+    ({"conv1": {"weight_range": "portabel"}}, "quantizers.q.overrides.conv1.weight_range", "did you mean 'portable'"),
 ])
 def test_bad_overrides_are_refused_with_their_key(overrides, where, message):
     with pytest.raises(compress.ScheduleError) as err:
         compress.dict_config(PNet(), None, schedule({"class": "DorefaQuantizer", "overrides": overrides}))
     assert where in str(err.value) and message in str(err.value)
+
+
+@pytest.mark.parametrize("cls", ["DorefaQuantizer", "PACTQuantizer", "WRPNQuantizer",
+                                 "QuantAwareTrainRangeLinearQuantizer", "PostTrainLinearQuantizer"])
+def test_weight_range_portable_by_default_full_by_choice_and_per_layer(cls):
+    """Every quantizer takes weight_range (default portable: int8 codes within +-64); overrides set it per layer."""
+    model = PNet()
+    compress.dict_config(model, None, schedule({"class": cls, "weight_range": "full",
+                                               "overrides": {"conv2": {"weight_range": "portable"}}}))
+    assert model.conv1.weight_quant.weight_range == "full" and model.conv1.weight_quant.max_code == 127
+    assert model.conv2.weight_quant.weight_range == "portable" and model.conv2.weight_quant.max_code == 64
+    default = PNet()
+    compress.dict_config(default, None, schedule({"class": cls}))
+    assert {m.weight_quant.weight_range for m in default.modules() if isinstance(m, QuantLayer)} == {"portable"}
+    with pytest.raises(compress.ScheduleError) as err:
+        compress.dict_config(PNet(), None, schedule({"class": cls, "weight_range": "ful"}))
+    assert "quantizers.q.weight_range" in str(err.value) and "did you mean 'full'" in str(err.value)
 
 
 def test_bad_arguments_are_refused():
