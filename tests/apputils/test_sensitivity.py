@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from apputils.conv_taps import TapsConv
 from apputils.platform_summaries import sensitivity_analysis
@@ -72,6 +73,30 @@ class ViewWrite(nn.Module):
         v = h[:, :1]
         v.mul_(2.0)
         return y + h.mean(dim=1, keepdim=True)
+
+
+class Functional(nn.Module):
+    """Parameters read directly (fx get_attr nodes), a method call and an input with a default value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(4, 1, 3, 3) * 0.3)
+        self.c2 = nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, gain: float = 2.0) -> torch.Tensor:
+        h = F.conv2d(x, self.w1, padding=1).relu()
+        return self.c2(h).mul(gain)
+
+
+def test_cached_path_runs_parameters_read_directly():
+    model = Functional()
+    ev = Evaluation(data((1, 12, 12)), mse_metrics)
+    whole_runs = count_forwards(model)
+    fast = sensitivity_analysis(model, None, ev, "element", progress=False)
+    assert whole_runs["n"] == 3 + 1  # the baseline and the channels-last check: levels ran from the cache
+    slow = sensitivity_analysis(model, None, ev, "element", use_cache=False, progress=False)
+    assert set(fast["parameter"]) == {"w1", "c2.weight"}
+    pd.testing.assert_frame_equal(fast, slow, rtol=1e-6, atol=1e-9)
 
 
 def test_cache_survives_writes_through_views():
