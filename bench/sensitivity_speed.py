@@ -15,8 +15,9 @@ SR app scores; or PSNR alone with --metrics psnr) and levels (0.0 .. 0.9), eleme
             matrix product and shifted sums (apputils.conv_taps), which fast_kernels=True picks
             where it measures faster.
 
-Variants are interleaved round by round; the medians and their ratios are printed, and the result
-tables are checked to agree (exactly up to float rounding for the NCHW variants; channels-last and
+After one untimed warm-up round, every round runs each variant once, in an order rotated round by
+round (so no variant always runs first or after the same one); the medians and their ratios are
+printed, and the result tables are checked to agree (exactly up to float rounding for the NCHW variants; channels-last and
 the taps sum in another order, so their PSNR / SSIM may differ in the last digits: the largest
 difference is printed).
 
@@ -37,6 +38,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import Stopwatch, rotation  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from apps.sr.data import get_testing_set  # noqa: E402
 from apps.sr.metrics import psnr, ssim, to_uint8  # noqa: E402
@@ -106,7 +109,7 @@ def naive(model: torch.nn.Module, evaluation: Callable[[torch.nn.Module], dict[s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds after the warm-up (median reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadiest on a shared machine)")
     ap.add_argument("--crop", type=int, default=0, help="centre-crop test images to this HR size (0: whole)")
     ap.add_argument("--metrics", choices=["sr", "psnr"], default="sr",
@@ -132,7 +135,8 @@ def main() -> None:
     steps = len(prunable_weights(model)) * len(DEFAULT_SPARSITIES)
     pixels = sum(hr.numel() for _, hr in batches)
     print(f"C2SRCNN, {len(batches)} test images ({pixels} HR pixels), {steps} (weight, level) steps, "
-          f"element-wise, metrics={args.metrics}, threads={args.threads}, rounds={args.rounds}")
+          f"element-wise, metrics={args.metrics}, threads={args.threads}, rounds={args.rounds} (+1 warm-up, "
+          f"order rotated per round)")
 
     times_by_layer = layer_times(model, batches)
     order = list(times_by_layer)
@@ -157,13 +161,13 @@ def main() -> None:
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     cpu: dict[str, list[float]] = {k: [] for k in variants}
-    results = {}
-    for _ in range(args.rounds):
-        for name, run in variants.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            results[name] = run()
-            times[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
+    results = {name: run() for name, run in variants.items()}  # the warm-up round, not timed
+    for r in range(args.rounds):
+        for name in rotation(list(variants), r):
+            with Stopwatch() as watch:
+                results[name] = variants[name]()
+            times[name].append(watch.wall)
+            cpu[name].append(watch.cpu)
 
     largest = 0.0
     for name in variants:

@@ -7,16 +7,17 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 import torch
 import yaml
 from nbclient import NotebookClient
 
-from apps.sr.data import get_testing_set
+import compress
 from apps.sr.models import build_model
 from apputils.checkpoint import load_checkpoint, rebuild_model, save_checkpoint
-from apputils.platform_summaries import macs_display, sensitivity_analysis, sparsity_display
-from apputils.sensitivity import Evaluation
+from apputils.platform_summaries import macs_display, sparsity_display
+from apputils.workbooks import write_sensitivity_workbook
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = "imagegen-bench-test"
@@ -38,7 +39,7 @@ policies:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """train.py with a pruning schedule for one minibatch; a dense checkpoint; the reports of the pruned one."""
+    """train.py with a pruning schedule for one minibatch; a dense checkpoint; sparsity and MACs reports of the pruned one."""
     work = tmp_path_factory.mktemp("tiny_run")
     (work / "agp.yaml").write_text(SCHEDULE)
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--optform=SR", "--nEpochs", "1",
@@ -58,13 +59,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     reports = work / "results" / "pruned" / "reports"
     sparsity_display(model, reports / "spars_file.xlsx")
     macs_display(model, reports / "macs_file.xlsx", torch.zeros(1, 1, 64, 64))
-    crops = [(s["bicubic"][None, :, :48, :48], s["hr"][None, :, :48, :48]) for s in get_testing_set(2)]
-
-    def metrics(out: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
-        mse = float(((out.clamp(0, 1) - hr) ** 2).mean())
-        return {"psnr": float(10 * torch.log10(torch.tensor(1.0 / mse))), "mse": mse}
-
-    sensitivity_analysis(model, reports / "sense_file.xlsx", Evaluation(crops, metrics), "element", progress=False)
     return {"before": before, "after": after, "reports": reports, "work": work}
 
 
@@ -114,18 +108,38 @@ def test_compression_insights_from_a_checkpoint_and_a_reports_folder(tiny_run, k
     assert images(nb) >= 1
 
 
-def test_sensitivity_notebook_suggests_levels_and_a_valid_schedule(tiny_run, kernel_dir, monkeypatch):
+#: PSNR lost per 10% of sparsity, per C2SRCNN weight, in the sensitivity files below
+SOME_PRUNABLE = {"first_part.0.weight": 0.2, "mid_part.1.weight": 0.0, "mid_part.3.weight": 0.12,
+                 "mid_part.5.weight": 0.2, "last_part.weight": 1.0}
+NONE_PRUNABLE = {"first_part.0.weight": 1.0, "mid_part.1.weight": 0.6}
+
+
+def sense_file(path: Path, loss_per_step: dict[str, float]) -> Path:
+    """A sensitivity workbook (written as sensitivity_analysis writes one) with PSNR falling linearly."""
+    rows = [{"parameter": name, "sparsity": k / 10, "actual_sparsity": k / 10, "psnr": 30.0 - loss * k,
+             "mse": 1e-3 * (1 + loss * k)} for name, loss in loss_per_step.items() for k in range(10)]
+    return write_sensitivity_workbook(pd.DataFrame(rows), path, ["psnr", "mse"], "element")
+
+
+def test_sensitivity_notebook_suggests_levels_and_a_valid_schedule(kernel_dir, monkeypatch, tmp_path):
     nb = execute("sensitivity_analysis.ipynb", kernel_dir, monkeypatch,
-                 {"SENSE_FILE": str(tiny_run["reports"] / "sense_file.xlsx"), "SENSE_TOLERANCE": "0.5"})
+                 {"SENSE_FILE": str(sense_file(tmp_path / "sense_file.xlsx", SOME_PRUNABLE)),
+                  "SENSE_TOLERANCE": "0.5"})
     text = text_of(nb)
     assert "suggested sparsity" in text and "tolerance: 0.5 psnr" in text
     assert images(nb) >= 3
-    schedule_text = outputs(nb, "stream")[-1]["text"]
-    if "version: 1" in schedule_text:  # a schedule was suggested: it must load in the core
-        import compress
+    # within 0.5 dB: 0.2 dB per step -> 20%, flat -> 90%, 0.12 dB per step -> 40%, 1 dB per step -> not pruned
+    schedule = yaml.safe_load(outputs(nb, "stream")[-1]["text"])
+    levels = {p["final_sparsity"]: p["weights"] for p in schedule["pruners"].values()}
+    assert levels == {0.2: ["first_part.0.weight", "mid_part.5.weight"], 0.4: ["mid_part.3.weight"],
+                      0.9: ["mid_part.1.weight"]}
+    assert {p["class"] for p in schedule["pruners"].values()} == {"AutomatedGradualPruner"}
+    model = build_model("C2SRCNN", {"num_channels": 1, "upscale_factor": 2})
+    compress.dict_config(model, None, schedule)  # the suggestion loads in the core as it is
 
-        schedule = yaml.safe_load(schedule_text)
-        model = build_model("C2SRCNN", {"num_channels": 1, "upscale_factor": 2})
-        compress.dict_config(model, None, schedule)
-    else:
-        assert "no layer can be pruned" in schedule_text
+
+def test_sensitivity_notebook_says_when_no_layer_fits_the_tolerance(kernel_dir, monkeypatch, tmp_path):
+    nb = execute("sensitivity_analysis.ipynb", kernel_dir, monkeypatch,
+                 {"SENSE_FILE": str(sense_file(tmp_path / "sense_file.xlsx", NONE_PRUNABLE)),
+                  "SENSE_TOLERANCE": "0.5"})
+    assert "no layer can be pruned within the tolerance" in outputs(nb, "stream")[-1]["text"]

@@ -8,10 +8,18 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from apputils.conv_taps import TapsConv
 from apputils.platform_summaries import sensitivity_analysis
-from apputils.sensitivity import DEFAULT_SPARSITIES, Evaluation, prunable_weights, suggest_levels
+from apputils.sensitivity import (
+    DEFAULT_SPARSITIES,
+    Evaluation,
+    evaluators,
+    prunable_weights,
+    suggest_levels,
+    tuning,
+)
 from compress.pruning.criteria import count_to_prune
 from compress.pruning.groups import ChannelGroup, GroupMember
 
@@ -67,6 +75,30 @@ class ViewWrite(nn.Module):
         return y + h.mean(dim=1, keepdim=True)
 
 
+class Functional(nn.Module):
+    """Parameters read directly (fx get_attr nodes), a method call and an input with a default value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(4, 1, 3, 3) * 0.3)
+        self.c2 = nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, gain: float = 2.0) -> torch.Tensor:
+        h = F.conv2d(x, self.w1, padding=1).relu()
+        return self.c2(h).mul(gain)
+
+
+def test_cached_path_runs_parameters_read_directly():
+    model = Functional()
+    ev = Evaluation(data((1, 12, 12)), mse_metrics)
+    whole_runs = count_forwards(model)
+    fast = sensitivity_analysis(model, None, ev, "element", progress=False)
+    assert whole_runs["n"] == 3 + 1  # the baseline and the channels-last check: levels ran from the cache
+    slow = sensitivity_analysis(model, None, ev, "element", use_cache=False, progress=False)
+    assert set(fast["parameter"]) == {"w1", "c2.weight"}
+    pd.testing.assert_frame_equal(fast, slow, rtol=1e-6, atol=1e-9)
+
+
 def test_cache_survives_writes_through_views():
     model = ViewWrite()
     ev = Evaluation(data((1, 12, 12)), mse_metrics)
@@ -107,9 +139,12 @@ def test_cached_path_equals_whole_model_path_and_model_is_unchanged(sense_type: 
     ev = Evaluation(data((1, 12, 12) if net == "chain" else (3,)), mse_metrics)
     before = snapshot(model)
     params_before = {n: (id(p), p.data_ptr()) for n, p in model.named_parameters()}
+    whole_runs = count_forwards(model)
     fast = sensitivity_analysis(model, tmp_path / "fast.xlsx", ev, sense_type, progress=False)
+    fast_whole_runs = whole_runs["n"]
     assert_identical(model, before)
     slow = sensitivity_analysis(model, None, ev, sense_type, use_cache=False, progress=False)
+    slow_whole_runs = whole_runs["n"] - fast_whole_runs
     naive = sensitivity_analysis(model, None, lambda m: ev(m), sense_type, progress=False,
                                  dummy_input=torch.zeros(1, 1, 12, 12))
     assert_identical(model, before)
@@ -129,6 +164,19 @@ def test_cached_path_equals_whole_model_path_and_model_is_unchanged(sense_type: 
     for _, rows in fast.groupby("parameter"):
         assert rows["mse"].nunique() > 1 or (rows["actual_sparsity"] == 0).all()
     assert fast["mse"].nunique() > 3
+    # the cached path really ran: the whole model ran only for the baseline (and, for the chain, the
+    # channels-last check on the first batch), every pruned level from the cache; the whole-model
+    # path ran the whole test per changed level
+    n_batches, changed = 3, int((fast["actual_sparsity"] > 0).sum())
+    assert fast_whole_runs == n_batches + (net == "chain")
+    assert slow_whole_runs == n_batches * (1 + changed)
+
+
+def count_forwards(model: nn.Module) -> dict[str, int]:
+    """Counts the model's own (whole-model) forward calls, in ["n"]."""
+    calls = {"n": 0}
+    model.register_forward_pre_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    return calls
 
 
 def test_fast_path_skips_layers_before_the_pruned_one():
@@ -163,25 +211,21 @@ class Flattening(nn.Module):
 
 
 @pytest.mark.parametrize("net", [Chain, Flattening])
-def test_memory_format_auto_matches_contiguous(net, caplog):
-    import apputils.sensitivity as sens
-
+def test_memory_format_auto_matches_contiguous(net, caplog, monkeypatch):
     torch.manual_seed(0)
     model = net()
     ev = Evaluation(data((1, 12, 12) if net is Chain else (3,)), mse_metrics)
     chosen = []
-    real = sens.choose_memory_format
+    real = evaluators.choose_memory_format
 
     def spy(runner, *args):
         real(runner, *args)
         chosen.append(runner.channels_last)
 
-    sens.choose_memory_format = spy
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluators, "choose_memory_format", spy)
         with caplog.at_level("INFO", logger="apputils.sensitivity"):
             auto = sensitivity_analysis(model, None, ev, "element", progress=False)
-    finally:
-        sens.choose_memory_format = real
     nchw = sensitivity_analysis(model, None, ev, "element", memory_format="contiguous", progress=False)
     assert chosen == [net is Chain]
     if net is Flattening:
@@ -295,12 +339,19 @@ def test_model_restored_when_metrics_raise_in_fast_path():
     assert_identical(model, before)
 
 
-def test_no_deepcopy(monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError("deepcopy called")
+@pytest.mark.parametrize("sense_type", ["element", "filter"])
+@pytest.mark.parametrize("cached", [True, False])
+def test_no_deepcopy(monkeypatch, sense_type, cached):
+    # deep-copying any module deep-copies its parameters, however `deepcopy` was imported
+    def refuse(self, memo):
+        raise AssertionError("a parameter was deep-copied")
 
-    monkeypatch.setattr(copy, "deepcopy", refuse)
-    sensitivity_analysis(Chain(), None, Evaluation(data((1, 12, 12), 1), mse_metrics), "element", progress=False)
+    monkeypatch.setattr(nn.Parameter, "__deepcopy__", refuse)
+    with pytest.raises(AssertionError, match="deep-copied"):  # the guard catches a copy of a submodule
+        copy.deepcopy(Chain().c1)
+    ev = Evaluation(data((1, 12, 12), 1), mse_metrics)
+    sensitivity_analysis(Chain(), None, ev if cached else (lambda m: ev(m)), sense_type, progress=False,
+                         dummy_input=torch.zeros(1, 1, 12, 12))
 
 
 def test_workbook_sheets_columns_chart_and_csv(tmp_path):
@@ -374,13 +425,11 @@ def test_evaluation_refuses_batches_that_are_not_pairs():
 
 
 def test_narrow_output_layer_levels_run_stacked(monkeypatch):
-    import apputils.sensitivity as sens
-
     model = Chain()  # c3 has one output channel: its 9 changed levels fit one stacked convolution
     ev = Evaluation(data((1, 12, 12)), mse_metrics)
     used = []
-    real = sens._CachedEvaluation.stacked
-    monkeypatch.setattr(sens._CachedEvaluation, "stacked",
+    real = evaluators.CachedEvaluation.stacked
+    monkeypatch.setattr(evaluators.CachedEvaluation, "stacked",
                         lambda self, steps: used.append(r := real(self, steps)) or r)
     fast = sensitivity_analysis(model, None, ev, "element", progress=False)
     assert [r is not None for r in used] == [False, False, True]  # c1, c2 are too wide
@@ -391,13 +440,11 @@ def test_narrow_output_layer_levels_run_stacked(monkeypatch):
 @pytest.mark.parametrize("taps_faster", [True, False])
 @pytest.mark.parametrize("stack_levels", [True, False])
 def test_narrow_convs_run_by_taps_when_measured_faster(monkeypatch, taps_faster, stack_levels):
-    import apputils.sensitivity as sens
-
     model = Chain()  # c3 (6 -> 1 channels, 3x3) can run by taps; c1, c2 are too wide
     ev = Evaluation(data((1, 12, 12)), mse_metrics)
-    monkeypatch.setattr(sens, "best_times", lambda fns, value, repeats: [1.0, 2.0] if taps_faster else [2.0, 1.0])
+    monkeypatch.setattr(tuning, "best_times", lambda fns, value, repeats: [1.0, 2.0] if taps_faster else [2.0, 1.0])
     if not stack_levels:  # c3's own levels then run by taps too, reading its pruned weight
-        monkeypatch.setattr(sens._CachedEvaluation, "stacked", lambda self, steps: None)
+        monkeypatch.setattr(evaluators.CachedEvaluation, "stacked", lambda self, steps: None)
     convs = []
     real = TapsConv.__call__
     monkeypatch.setattr(TapsConv, "__call__", lambda self, x: convs.append(self.conv) or real(self, x))
