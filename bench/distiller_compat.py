@@ -47,6 +47,7 @@ from tests import distiller_models as dm  # noqa: E402
 
 MINIBATCHES = 2
 BATCH = 2
+LR = 0.01
 SECTIONS = {"version", "pruners", "regularizers", "quantizers", "lr_schedulers", "extensions", "policies"}
 
 #: Distiller architecture name -> (builder, input side). ImageNet networks are narrowed; names are unchanged.
@@ -166,10 +167,10 @@ def summary(model: nn.Module, optimizer: torch.optim.Optimizer) -> str:
     quantized = sum(compress.quantization.is_quantized(m) for m in model.modules())
     lr = optimizer.param_groups[0]["lr"]
     return (f"weights {zeros / total:.1%} zero, {sum(p.numel() for p in model.parameters())} params"
-            f"{f', {quantized} quantized modules' if quantized else ''}, lr x{lr / 0.1:.3g}")
+            f"{f', {quantized} quantized modules' if quantized else ''}, lr x{lr / LR:.3g}")
 
 
-def run_file(path: Path, root: Path, verbose: bool) -> Result:
+def run_file(path: Path, root: Path, verbose: bool, max_epochs: int | None = None) -> Result:
     rel = str(path.relative_to(root))
     text, real = read_followed(path)
     try:
@@ -185,8 +186,8 @@ def run_file(path: Path, root: Path, verbose: bool) -> Result:
     build, side = ARCHS[arch]
     torch.manual_seed(0)
     model = wrap(build(), arch)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    epochs = epochs_of(data)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=1e-4)
+    epochs = min(epochs_of(data), max_epochs or epochs_of(data))
     start = time.perf_counter()
     result = Result(rel, "run", arch, epochs)
     try:
@@ -205,8 +206,8 @@ def run_file(path: Path, root: Path, verbose: bool) -> Result:
         except Exception:
             result.status, result.detail = "crash", traceback.format_exc()
     result.seconds = time.perf_counter() - start
-    if verbose or result.status == "crash":
-        print(f"{result.status:8} {rel}: {result.detail}", flush=True)
+    detail = result.detail if verbose or result.status == "crash" else result.detail.strip().splitlines()[-1]
+    print(f"{result.status:8} {result.seconds:6.1f} s  {rel}: {detail}", flush=True)
     return result
 
 
@@ -215,6 +216,8 @@ def main() -> None:
     parser.add_argument("--examples", type=Path, required=True, help="Distiller's examples/ folder")
     parser.add_argument("--only", default="", help="run only files whose path contains this")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-epochs", type=int, default=None,
+                        help="stop each file after this many epochs (a quick check; later policies do not run)")
     parser.add_argument("--verbose", action="store_true", help="print each result as it comes, and compress's log")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -225,7 +228,7 @@ def main() -> None:
     cwd = Path.cwd()
     os.chdir(run_dir if run_dir.is_dir() else root)
     try:
-        results = [run_file(path, root, args.verbose) for path in files]
+        results = [run_file(path, root, args.verbose, args.max_epochs) for path in files]
     finally:
         os.chdir(cwd)
     print(f"\n{'result':8} {'network':18} {'epochs':>6} {'s':>6}  file: detail")

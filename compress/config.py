@@ -9,12 +9,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ScheduleError, did_you_mean
-from .lr_schedulers import LRSchedulerStep
+from .errors import ArgumentError, ScheduleError, did_you_mean
+from .lr_schedulers import EPOCH_BASES, LRSchedulerStep
 from .masks import MaskStore
 from .policy import Context, Policy, Timing
 from .pruning.groups import GroupResolver, LocalGroups
+from .pruning.masking import MASKING_ARGS, MaskingArgs, PruningPolicy
 from .registry import SECTIONS, build
+from .regularization import RegularizationPolicy
 from .schedule_source import KeyPath, ScheduleSource, read_schedule
 from .scheduler import CompressionScheduler
 
@@ -23,10 +25,11 @@ log = logging.getLogger(__name__)
 TOP_LEVEL = ("version", *SECTIONS, "policies")
 POLICY_KINDS = {kind: section for section, (kind, _) in SECTIONS.items()}
 TIMING_KEYS = ("starting_epoch", "ending_epoch", "frequency", "epochs")
-#: Policy `args` each kind accepts, with their types.
-POLICY_ARGS: dict[str, dict[str, type]] = {
-    "pruner": {"mini_batch_pruning_frequency": int, "mask_gradients": bool},
-    "lr_scheduler": {"metric": str},
+#: Policy `args` each kind accepts, with their types (or their allowed values).
+POLICY_ARGS: dict[str, dict[str, type | tuple[str, ...]]] = {
+    "pruner": {"mini_batch_pruning_frequency": int, "mask_gradients": bool, **dict.fromkeys(MASKING_ARGS, bool)},
+    "regularizer": {"keep_mask": bool},
+    "lr_scheduler": {"metric": str, "epoch_basis": EPOCH_BASES},
 }
 
 
@@ -99,6 +102,11 @@ def _check_weights(src: ScheduleSource, built: dict[str, dict[str, Any]], params
                         "[n for n, _ in model.named_parameters()]")
                 raise src.error((section, instance, *rel),
                                 f"the model has no parameter '{weight}'", hint=hint)
+            if section == "regularizers":
+                try:
+                    component.check(params)
+                except ArgumentError as exc:
+                    raise src.error((section, instance, *exc.key), str(exc), hint=exc.hint) from None
 
 
 def _timing(src: ScheduleSource, item: dict, path: KeyPath, minibatch_frequency: int | None) -> Timing:
@@ -140,6 +148,11 @@ def _policy_args(src: ScheduleSource, kind: str, args: Any, path: KeyPath) -> di
                 f"{kind} policies take: {', '.join(accepted)}" if accepted else f"{kind} policies take no args")
             raise src.error(path + (key,), f"unknown {kind} policy argument '{key}'", hint=hint)
         tp = accepted[key]
+        if isinstance(tp, tuple):
+            if value not in tp:
+                raise src.error(path + (key,), f"{key} must be one of {', '.join(tp)}, got {value!r}",
+                                hint=did_you_mean(str(value), tp))
+            continue
         ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
         if not ok or (tp is int and value < 1):
             raise src.error(path + (key,), f"{key} must be {'an integer >= 1' if tp is int else tp.__name__}, "
@@ -189,30 +202,74 @@ def _build_policies(src: ScheduleSource, data: dict, built: dict[str, dict[str, 
         timing = _timing(src, item, path, args.get("mini_batch_pruning_frequency"))
         component = built[section][instance]
         if kind == "lr_scheduler" and component is not None:
-            component = LRSchedulerStep(component, args.get("metric", "loss"))
+            component = LRSchedulerStep(component, args.get("metric", "loss"), args.get("epoch_basis", "absolute"))
+        elif kind == "pruner":
+            component = PruningPolicy(component, MaskingArgs.from_args(args))
+        elif kind == "regularizer" and args.get("keep_mask"):
+            component = RegularizationPolicy(component)
         policies.append(Policy(kind, str(instance), component, timing, args))
     return policies
 
 
 def _check_conflicts(src: ScheduleSource, policies: list[Policy], ctx: Context) -> None:
-    """Two pruning policies may not act on the same tensor in the same epoch."""
-    claimed: dict[str, tuple[int, set[int]]] = {}
+    """Two pruning policies may not prune a tensor the same way in the same epoch.
+
+    Element-wise pruners claim the whole tensor from other element-wise pruners (their levels would fight);
+    structured pruners claim the dimension their coupled group indexes, so one pruning a layer's filters
+    and another pruning the input channels coupled to them may share the tensor. An element-wise and a
+    structured pruner may share it too: masks only combine, and an element-wise level counts the zeros
+    already there. Transient (DropFilter) masks do not last and claim nothing.
+    """
+    claimed: dict[tuple[str, int | None], list[tuple[int, str, set[int]]]] = {}
     for i, policy in enumerate(policies):
         if policy.kind != "pruner":
             continue
         try:
-            names = policy.component.pruned_params(ctx)
+            claims = policy.component.claims(ctx)
         except ValueError as exc:
             raise src.error(("pruners", policy.instance_name), str(exc)) from None
+        if policy.component.transient:
+            continue
         epochs = set(policy.timing.epochs)
-        for name in sorted(names):
-            if name in claimed and claimed[name][1] & epochs:
-                j, other = claimed[name]
-                both = sorted(other & epochs)
-                raise src.error(("policies", i), f"policies {j} and {i} both prune '{name}' in epoch {both[0]}"
-                                f"{' and others' if len(both) > 1 else ''}",
-                                hint="give each tensor one pruner at a time: make their epochs disjoint")
-            claimed[name] = (i, claimed.get(name, (i, set()))[1] | epochs)
+        for (name, dim), listed in sorted(claims.items(), key=lambda c: (c[0][0], -1 if c[0][1] is None else c[0][1])):
+            rivals = claimed.get((name, dim), [])
+            for j, other_listed, other_epochs in rivals:
+                both = sorted(other_epochs & epochs)
+                if not both:
+                    continue
+                raise src.error(("policies", i), _conflict(policies[j].instance_name, other_listed, j,
+                                                           policy.instance_name, listed, i, name, dim, both),
+                                hint="list the coupled weights in one pruner (group_dependency: Leader ranks "
+                                     "them together) or make the policies' epochs disjoint")
+            claimed.setdefault((name, dim), []).append((i, listed, epochs))
+
+
+def _conflict(a: str, a_listed: str, i: int, b: str, b_listed: str, j: int, name: str, dim: int | None,
+              epochs: list[int]) -> str:
+    """Which two pruners meet on which tensor, and through which listed weights."""
+    what = "'" + name + "'" if dim is None else f"dimension {dim} of '{name}'"
+    when = f"epoch {epochs[0]}{' and others' if len(epochs) > 1 else ''}"
+    text = f"pruners '{a}' (policy {i}) and '{b}' (policy {j}) both prune {what} in {when}"
+    if name not in (a_listed, b_listed):
+        text += f": neither lists it; the traced graph couples it to '{a_listed}' and '{b_listed}'"
+    elif a_listed != b_listed:
+        listed, other = (a_listed, b_listed) if name == b_listed else (b_listed, a_listed)
+        text += f": '{other}' is listed, and '{listed}' is coupled to it in the traced graph"
+    return text
+
+
+def _unscheduled_post_training(src: ScheduleSource, built: dict[str, dict[str, Any]], data: dict) -> list[Policy]:
+    """Post-training quantizers no policy names: applied from the start, as Distiller applies the
+    quantizer of a `--qe-config-file` (a file with a quantizers section and no policies)."""
+    named = {item["quantizer"].get("instance_name") for item in data.get("policies") or []
+             if isinstance(item, dict) and isinstance(item.get("quantizer"), dict)}
+    out = []
+    for instance, component in built["quantizers"].items():
+        if instance not in named and getattr(component, "applies_unscheduled", False):
+            log.info("%s: quantizer '%s' has no policy: applied from the start, as Distiller applies a "
+                     "--qe-config-file", src.name, instance)
+            out.append(Policy("quantizer", str(instance), component, Timing((0,))))
+    return out
 
 
 def _config(model: nn.Module, optimizer: torch.optim.Optimizer | None, src: ScheduleSource,
@@ -221,7 +278,7 @@ def _config(model: nn.Module, optimizer: torch.optim.Optimizer | None, src: Sche
     masks = MaskStore(model)
     built = _build_components(src, data, model, optimizer)
     _check_weights(src, built, masks.params)
-    policies = _build_policies(src, data, built)
+    policies = _build_policies(src, data, built) + _unscheduled_post_training(src, built, data)
     ctx = Context(model, optimizer, masks, group_resolver(model, dummy_input), dummy_input)
     _check_conflicts(src, policies, ctx)
     used = {(POLICY_KINDS[p.kind], p.instance_name) for p in policies}
@@ -230,7 +287,7 @@ def _config(model: nn.Module, optimizer: torch.optim.Optimizer | None, src: Sche
             if (section, str(instance)) not in used:
                 log.warning("%s: %s '%s' is defined but no policy uses it", src.name, section[:-1], instance)
     for policy in policies:
-        if policy.kind == "pruner" and policy.args.get("mask_gradients"):
+        if policy.kind == "pruner" and policy.args.get("mask_gradients") and not policy.component.transient:
             for name in sorted(policy.component.pruned_params(ctx)):
                 masks.mask_gradients(name)
     # Only now, with the whole schedule checked, may components change the model.

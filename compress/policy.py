@@ -107,6 +107,45 @@ class Component:
         """Restore what state_dict() returned."""
 
 
+class PolicyWrapper(Component):
+    """A component under one policy's arguments: forwards every hook, the state and any other attribute
+    (referenced_weights, claims, ...) to the wrapped component; subclasses override what the arguments change."""
+
+    def __init__(self, inner: Component):
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def prepare(self, ctx: Context) -> None:
+        self.inner.prepare(ctx)
+
+    def on_epoch_begin(self, ctx: Context, step: Step, timing: Timing) -> None:
+        self.inner.on_epoch_begin(ctx, step, timing)
+
+    def on_minibatch_begin(self, ctx: Context, step: Step, timing: Timing) -> None:
+        self.inner.on_minibatch_begin(ctx, step, timing)
+
+    def before_backward_pass(self, ctx: Context, step: Step, timing: Timing) -> dict[str, torch.Tensor]:
+        return self.inner.before_backward_pass(ctx, step, timing)
+
+    def before_parameter_optimization(self, ctx: Context, step: Step, timing: Timing) -> None:
+        self.inner.before_parameter_optimization(ctx, step, timing)
+
+    def on_minibatch_end(self, ctx: Context, step: Step, timing: Timing) -> None:
+        self.inner.on_minibatch_end(ctx, step, timing)
+
+    def on_epoch_end(self, ctx: Context, step: Step, timing: Timing) -> None:
+        self.inner.on_epoch_end(ctx, step, timing)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
 
 @dataclass
 class Policy:

@@ -117,3 +117,12 @@ class ChannelRemover(_Remover):
     """Removes input channels the masks zeroed, with the filters producing them (`remove_channels`)."""
 
     expected: ThinningFunc = "remove_channels"
+
+
+@EXTENSIONS.register()
+def StructureRemover(thinning_func_str: ThinningFunc, arch: str | None = None, dataset: str | None = None,
+                     protected: list[str] | None = None, name: str | None = None, model: nn.Module | None = None,
+                     optimizer: torch.optim.Optimizer | None = None) -> _Remover:
+    """Distiller's own name for the thinning extension: FilterRemover or ChannelRemover by thinning_func_str."""
+    cls = FilterRemover if thinning_func_str == "remove_filters" else ChannelRemover
+    return cls(thinning_func_str, arch, dataset, protected, name, model, optimizer)
