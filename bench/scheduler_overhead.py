@@ -1,6 +1,7 @@
 """Per-step overhead of an active AGP schedule (masks applied every minibatch), vs a plain loop.
 
     python bench/scheduler_overhead.py [--pairs 30] [--threads 1]
+    python bench/scheduler_overhead.py --big-tensor 3     # one AGP step on AlexNet's 37.7M-element FC weight
 
 An 8-layer 3x3 conv net (64 channels), batch 16, 1x64x64 inputs, SGD with momentum, on CPU. Each
 pair times one plain training step and one step with the scheduler's hooks around it, in
@@ -47,12 +48,66 @@ class MagnitudeSparsifier(BaseSparsifier):
         p[0].mask.data.copy_(flat.view_as(p[0].mask))
 
 
+# ---- Variant --big-tensor: one mask recomputation on a large weight (AlexNet's 9216 x 4096 classifier.1) ----------
+
+def big_tensor(repeats: int, rows: int = 4096, cols: int = 9216) -> None:
+    """Time an AGP step (50% of a rows x cols Linear weight) through the scheduler, against Distiller's method
+    (torch.topk of the k smallest |w|, then |w| > the k-th) and a stable argsort of |w| (this library's method
+    before selection)."""
+    torch.manual_seed(0)
+    layer = nn.Linear(cols, rows, bias=False)
+    w = layer.weight.detach().clone()
+    k = w.numel() // 2
+
+    def scheduler_step() -> None:
+        model = nn.Sequential(layer)
+        sched = compress.dict_config(model, None, {"pruners": {"agp": {
+            "class": "AutomatedGradualPruner", "initial_sparsity": 0.5, "final_sparsity": 0.6, "weights": "0.weight"}},
+            "policies": [{"pruner": {"instance_name": "agp"}, "starting_epoch": 0, "ending_epoch": 2}]})
+        with torch.no_grad():
+            layer.weight.copy_(w)
+        t0 = time.perf_counter()
+        sched.on_epoch_begin(0)
+        times["compress AGP step (scheduler)"].append(time.perf_counter() - t0)
+
+    def distiller_topk() -> None:
+        t0 = time.perf_counter()
+        a = w.abs().view(-1)
+        threshold = torch.topk(a, k, largest=False, sorted=True).values[-1]
+        _ = (a > threshold).to(w.dtype)
+        times["Distiller: topk, then threshold"].append(time.perf_counter() - t0)
+
+    def stable_argsort() -> None:
+        t0 = time.perf_counter()
+        out = torch.ones(w.numel(), dtype=w.dtype)
+        out[torch.argsort(w.abs().view(-1).double(), stable=True)[:k]] = 0
+        times["stable argsort (before)"].append(time.perf_counter() - t0)
+
+    variants = [scheduler_step, distiller_topk, stable_argsort]
+    times: dict[str, list[float]] = {"compress AGP step (scheduler)": [], "Distiller: topk, then threshold": [],
+                                     "stable argsort (before)": []}
+    for r in range(repeats):  # rotated order
+        for fn in variants[r % 3:] + variants[:r % 3]:
+            fn()
+    print(f"threads={torch.get_num_threads()} repeats={repeats} weight {rows}x{cols} ({w.numel() / 1e6:.1f}M), "
+          "50% element-wise")
+    for name, values in times.items():
+        print(f"{name:34s} median {statistics.median(values):7.3f} s   (min {min(values):.3f} s)")
+
+# ---- end of the --big-tensor variant --------------------------------------------------------------------------
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=30, help="timed step pairs per comparison")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--big-tensor", type=int, metavar="REPEATS", default=0,
+                        help="instead: time REPEATS mask recomputations of a 37.7M-element weight")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.big_tensor:
+        big_tensor(args.big_tensor)
+        return
     torch.manual_seed(0)
     x, y = torch.randn(16, 1, 64, 64), torch.randn(16, 1, 64, 64)
     loss_fn = nn.MSELoss()

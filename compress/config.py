@@ -237,10 +237,12 @@ def _check_conflicts(src: ScheduleSource, policies: list[Policy], ctx: Context) 
                 both = sorted(other_epochs & epochs)
                 if not both:
                     continue
+                coupled = name not in (listed, other_listed) or listed != other_listed
                 raise src.error(("policies", i), _conflict(policies[j].instance_name, other_listed, j,
                                                            policy.instance_name, listed, i, name, dim, both),
-                                hint="list the coupled weights in one pruner (group_dependency: Leader ranks "
-                                     "them together) or make the policies' epochs disjoint")
+                                hint=("list the coupled weights in one pruner (group_dependency: Leader ranks "
+                                      "them together) or make the policies' epochs disjoint") if coupled else
+                                "give each tensor one pruner at a time: make their epochs disjoint")
             claimed.setdefault((name, dim), []).append((i, listed, epochs))
 
 

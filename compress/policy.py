@@ -33,6 +33,15 @@ class Timing:
         f = self.minibatch_frequency
         return f is not None and self.active(epoch) and minibatch % f == 0
 
+    def pruning_fraction(self, step: Step) -> float | None:
+        """The schedule fraction if a pruner acts at `step` (an epoch's begin without a minibatch frequency, or a
+        scheduled minibatch with one), else None."""
+        if step.minibatch is None:
+            return self.fraction(step.epoch) if self.minibatch_frequency is None else None
+        if self.minibatch_scheduled(step.epoch, step.minibatch):
+            return self.fraction(step.epoch, step.minibatch, step.minibatches)
+        return None
+
     def fraction(self, epoch: int, minibatch: int = 0, minibatches: int | None = None) -> float:
         """How far through its scheduled steps the policy is: 0 at the first, 1 at the last.
 

@@ -55,36 +55,49 @@ def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     return values.kthvalue(k).values
 
 
+def _select(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k-th smallest value and the indices of the values equal to it, split as (threshold, taken, left):
+    the k lowest are the values below the threshold and the first `taken` ties in index order, which is
+    what a stable sort would rank first."""
+    threshold = kth_smallest(flat, k).to(flat.device)
+    ties = torch.nonzero(flat == threshold).flatten()
+    taken = k - int(torch.count_nonzero(flat < threshold))
+    return threshold, ties[:taken], ties[taken:]
+
+
 def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of the k lowest scores (ties broken by position, so the count is exact).
 
-    The k-th value is selected, not sorted for: everything below it is taken, then the first ties at it in
-    index order, which is exactly what a stable sort would pick. The mask is on the scores' device (a CUDA
-    weight's scores index a CUDA mask).
+    The k-th value is selected, not sorted for. The mask is on the scores' device (a CUDA weight's scores
+    index a CUDA mask).
     """
     flat = scores.flatten()
-    n = flat.numel()
-    out = torch.zeros(n, dtype=torch.bool, device=scores.device)
-    if k >= n:
-        out.fill_(True)
-    elif k > 0:
-        threshold = kth_smallest(flat, k).to(flat.device)
-        torch.lt(flat, threshold, out=out)
-        missing = k - int(out.sum())
-        if missing:
-            out[torch.nonzero(flat == threshold).flatten()[:missing]] = True
+    if k >= flat.numel():
+        return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+    if k <= 0:
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    threshold, taken, _ = _select(flat, k)
+    out = flat < threshold
+    out[taken] = True
     return out.view(scores.shape)
 
 
 def magnitude_level_mask(weight: torch.Tensor, level: float, current: torch.Tensor | None = None) -> torch.Tensor:
     """Mask pruning exactly floor(level * numel) elements of smallest magnitude.
 
-    Elements already masked rank lowest, so a rising level only ever adds to them.
+    Elements already masked rank lowest, so a rising level only ever adds to them. Built in a few passes over
+    the weight (no sort), so even AlexNet's 37.7M-element FC weight takes well under a second.
     """
-    scores = weight.detach().abs()
+    scores = weight.detach().abs().flatten()
     if current is not None:
-        scores = torch.where(current.bool(), scores, -1.0)
-    return (~lowest(scores, count_to_prune(level, weight.numel()))).to(weight.dtype)
+        scores.masked_fill_(current.flatten() == 0, -1.0)
+    k = count_to_prune(level, weight.numel())
+    if k == 0:
+        return torch.ones_like(weight)
+    threshold, _, left = _select(scores, k)
+    keep = (scores > threshold).to(weight.dtype)
+    keep[left] = 1.0
+    return keep.view(weight.shape)
 
 
 class Criterion:

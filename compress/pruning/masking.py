@@ -104,12 +104,12 @@ class PruningPolicy(PolicyWrapper):
             self.held.update(self.pruner.target_masks(ctx, target, fraction, weights))
 
     def on_epoch_begin(self, ctx: Context, step: Step, timing: Timing) -> None:
-        if timing.minibatch_frequency is None:
-            self._prune(ctx, timing.fraction(step.epoch))
+        fraction = timing.pruning_fraction(step)
+        if fraction is not None:
+            self._prune(ctx, fraction)
 
     def on_minibatch_begin(self, ctx: Context, step: Step, timing: Timing) -> None:
-        if step.minibatch is not None and timing.minibatch_scheduled(step.epoch, step.minibatch):
-            self._prune(ctx, timing.fraction(step.epoch, step.minibatch, step.minibatches))
+        self.on_epoch_begin(ctx, step, timing)
         if self.held:
             with torch.no_grad():
                 for name, mask in self.held.items():

@@ -105,17 +105,16 @@ class Pruner(Component):
             for name, mask in self.target_masks(ctx, t, fraction, weights).items():
                 current = ctx.masks.masks.get(name)
                 if current is not None:
-                    mask = mask * current.to(mask.dtype)  # what was pruned stays pruned
+                    mask.mul_(current.to(mask.dtype))  # what was pruned stays pruned
                 ctx.masks.set(name, mask, ctx.optimizer)
         log.debug("pruner %s at %.3f of its schedule: %s", self.name, fraction, self.last_levels)
 
     def on_epoch_begin(self, ctx: Context, step: Step, timing: Timing) -> None:
-        if timing.minibatch_frequency is None:
-            self.prune(ctx, timing.fraction(step.epoch))
+        fraction = timing.pruning_fraction(step)
+        if fraction is not None:
+            self.prune(ctx, fraction)
 
-    def on_minibatch_begin(self, ctx: Context, step: Step, timing: Timing) -> None:
-        if step.minibatch is not None and timing.minibatch_scheduled(step.epoch, step.minibatch):
-            self.prune(ctx, timing.fraction(step.epoch, step.minibatch, step.minibatches))
+    on_minibatch_begin = on_epoch_begin  # with a minibatch frequency, pruning steps are minibatches
 
     def _stats(self) -> list[Any]:
         found = {id(s): s for t in self.targets if (s := getattr(t.criterion, "stats", None)) is not None}

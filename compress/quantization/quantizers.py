@@ -611,6 +611,8 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
 
 
 CLIP_MODES = ("NONE", "AVG", "N_STD")
+#: what each tensor's entry in Distiller's statistics file must give
+STATS_KEYS = ("min", "max", "avg_min", "avg_max", "mean", "std")
 
 
 def _check_ptq_override(pattern: str, settings: dict[str, Any]) -> None:
@@ -645,19 +647,24 @@ def load_activation_stats(path: str | None) -> dict[str, dict[str, Any]]:
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ArgumentError("model_activation_stats", f"{file} is not a statistics file "
                             "({module: {inputs: {0: {min, max, ...}}, output: {min, max, ...}}})")
+    for module, entry in data.items():
+        tensors = [("output", entry.get("output"))] + [(f"inputs {i}", v) for i, v in
+                                                       (entry.get("inputs") or {}).items()]
+        for where, stats in tensors:
+            missing = [k for k in STATS_KEYS if not isinstance((stats or {}).get(k), (int, float))]
+            if stats is not None and missing:
+                raise ArgumentError("model_activation_stats", f"{file}: the {where} statistics of '{module}' "
+                                    f"lack {', '.join(missing)}")
     return {canonical(str(k)): v for k, v in data.items()}
 
 
 def range_from_stats(stats: dict[str, Any], clip: str, num_stds: float | None) -> tuple[float, float]:
     """The range Distiller derives from one tensor's statistics: min / max, the batch averages (AVG), or
     mean +- num_stds std within min / max (N_STD)."""
-    try:
-        if clip == "AVG":
-            return float(stats["avg_min"]), float(stats["avg_max"])
-        lo, hi = float(stats["min"]), float(stats["max"])
-        if clip == "N_STD":
-            mean, std, n = float(stats["mean"]), float(stats["std"]), float(num_stds or 3.0)
-            return max(mean - n * std, lo), min(mean + n * std, hi)
-        return lo, hi
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"activation statistics without a usable {exc}") from None
+    if clip == "AVG":
+        return float(stats["avg_min"]), float(stats["avg_max"])
+    lo, hi = float(stats["min"]), float(stats["max"])
+    if clip == "N_STD":
+        mean, std, n = float(stats["mean"]), float(stats["std"]), float(num_stds or 3.0)
+        return max(mean - n * std, lo), min(mean + n * std, hi)
+    return lo, hi

@@ -170,7 +170,7 @@ policies:
     epochs: [5]""")
     refuse(tmp_path, text, "line 15", "policies[1]",
            "pruners 'level' (policy 0) and 'conv_pruner' (policy 1) both prune 'conv2.weight' in epoch 5",
-           "make the policies' epochs disjoint")
+           "give each tensor one pruner at a time: make their epochs disjoint")
 
 
 def test_two_structured_pruners_on_one_dimension_name_the_coupling(tmp_path):

@@ -73,6 +73,13 @@ def test_activation_ranges_come_from_distillers_statistics_file(tmp_path, clip, 
     assert model.conv1.output_quant.mode == "calib"  # no statistics: calibrated on the first batches
 
 
+def test_incomplete_statistics_are_refused(tmp_path):
+    path = tmp_path / "stats.yaml"
+    path.write_text(yaml.safe_dump({"conv2": {"output": {"min": -1.0, "max": 1.0}}}))
+    with pytest.raises(compress.ScheduleError, match="the output statistics of 'conv2' lack avg_min, avg_max"):
+        ptq(model_activation_stats=str(path))
+
+
 def test_per_layer_clip_and_input_overrides():
     model, _ = ptq(clip_acts="AVG", inputs_quant_auto_fallback=False, overrides={
         "conv1": {"input_overrides": {0: {"from_output": True}}},
