@@ -55,14 +55,52 @@ def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     return values.kthvalue(k).values
 
 
-def _select(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k-th smallest value and the indices of the values equal to it, split as (threshold, taken, left):
-    the k lowest are the values below the threshold and the first `taken` ties in index order, which is
-    what a stable sort would rank first."""
+@dataclass(frozen=True)
+class Selection:
+    """The k lowest of a tensor: the values below `threshold`, and the first `taken` of the `ties` values
+    equal to it in index order (what a stable sort would rank first)."""
+
+    threshold: torch.Tensor
+    taken: int
+    ties: int
+
+    def tie_positions(self, flat: torch.Tensor) -> torch.Tensor:
+        """Indices of the values equal to the threshold, in order."""
+        return torch.nonzero(flat == self.threshold).flatten()
+
+
+#: A CPU tensor of more than this many values is selected from within a bracket found by sampling.
+_SAMPLE = 1 << 16
+
+
+def _bracketed(flat: torch.Tensor, k: int) -> Selection | None:
+    """Select among the values between two order statistics of a random sample that bracket rank k, so
+    only a few percent of a large tensor is partitioned; None if the sample missed (then select from all)."""
+    n = flat.numel()
+    sample = flat[torch.randint(n, (_SAMPLE,), generator=torch.Generator().manual_seed(0))].sort().values
+    rank, margin = k / n * _SAMPLE, 8 * math.sqrt(_SAMPLE)  # ~16 standard deviations of a sample rank
+    lo, hi = sample[max(int(rank - margin), 0)], sample[min(int(rank + margin), _SAMPLE - 1)]
+    below = flat < lo
+    n_below = int(torch.count_nonzero(below))
+    inside = flat <= hi
+    inside &= below.logical_not_()
+    candidates = flat[inside]
+    if not n_below < k <= n_below + candidates.numel():
+        return None
+    threshold = kth_smallest(candidates, k - n_below)
+    under = n_below + int(torch.count_nonzero(candidates < threshold))
+    return Selection(threshold, k - under, int(torch.count_nonzero(candidates == threshold)))
+
+
+def select(flat: torch.Tensor, k: int) -> Selection:
+    """The k lowest (0 < k < n) of a 1-D tensor, without sorting it."""
+    if flat.device.type == "cpu" and flat.numel() > 16 * _SAMPLE:
+        found = _bracketed(flat, k)
+        if found is not None:
+            return found
     threshold = kth_smallest(flat, k).to(flat.device)
-    ties = torch.nonzero(flat == threshold).flatten()
-    taken = k - int(torch.count_nonzero(flat < threshold))
-    return threshold, ties[:taken], ties[taken:]
+    under = int(torch.count_nonzero(flat < threshold))
+    return Selection(threshold, k - under, int(torch.count_nonzero(flat == threshold)))
 
 
 def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -76,9 +114,11 @@ def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
     if k <= 0:
         return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    threshold, taken, _ = _select(flat, k)
-    out = flat < threshold
-    out[taken] = True
+    chosen = select(flat, k)
+    if chosen.taken == chosen.ties:
+        return (flat <= chosen.threshold).view(scores.shape)
+    out = flat < chosen.threshold
+    out[chosen.tie_positions(flat)[:chosen.taken]] = True
     return out.view(scores.shape)
 
 
@@ -86,7 +126,7 @@ def magnitude_level_mask(weight: torch.Tensor, level: float, current: torch.Tens
     """Mask pruning exactly floor(level * numel) elements of smallest magnitude.
 
     Elements already masked rank lowest, so a rising level only ever adds to them. Built in a few passes over
-    the weight (no sort), so even AlexNet's 37.7M-element FC weight takes well under a second.
+    the weight (no sort), so even AlexNet's 37.7M-element FC weight takes about a second.
     """
     scores = weight.detach().abs().flatten()
     if current is not None:
@@ -94,9 +134,10 @@ def magnitude_level_mask(weight: torch.Tensor, level: float, current: torch.Tens
     k = count_to_prune(level, weight.numel())
     if k == 0:
         return torch.ones_like(weight)
-    threshold, _, left = _select(scores, k)
-    keep = (scores > threshold).to(weight.dtype)
-    keep[left] = 1.0
+    chosen = select(scores, k)
+    keep = (scores > chosen.threshold).to(weight.dtype)
+    if chosen.taken < chosen.ties:
+        keep[chosen.tie_positions(scores)[chosen.taken:]] = 1.0
     return keep.view(weight.shape)
 
 

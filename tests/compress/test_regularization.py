@@ -85,7 +85,7 @@ def test_group_variance_is_strength_over_the_variance_of_channel_norms():
         "policies": [{"regularizer": {"instance_name": "v"}, "epochs": [0]}]})
     _, terms = sched.before_backward_pass(0, 0, 1, torch.zeros(()), return_loss_components=True)
     norms = model.conv2.weight.detach().transpose(0, 1).flatten(1).norm(dim=1)
-    assert float(terms["v"]) == pytest.approx(0.5 / float(norms.var()), rel=1e-5)
+    assert float(terms["v"].detach()) == pytest.approx(0.5 / float(norms.var()), rel=1e-5)
 
 
 def threshold_schedule(group_type: str, criteria: str, strength: float, keep: bool) -> dict:
