@@ -15,6 +15,7 @@ from .masks import MaskStore
 from .policy import Context, Policy, Timing
 from .pruning.groups import GroupResolver, LocalGroups
 from .pruning.masking import MASKING_ARGS, MaskingArgs, PruningPolicy
+from .pruning.pruner import Pruner
 from .registry import SECTIONS, build
 from .regularization import RegularizationPolicy
 from .schedule_source import KeyPath, ScheduleSource, read_schedule
@@ -203,8 +204,11 @@ def _build_policies(src: ScheduleSource, data: dict, built: dict[str, dict[str, 
         component = built[section][instance]
         if kind == "lr_scheduler" and component is not None:
             component = LRSchedulerStep(component, args.get("metric", "loss"), args.get("epoch_basis", "absolute"))
-        elif kind == "pruner":
+        elif kind == "pruner" and isinstance(component, Pruner):
             component = PruningPolicy(component, MaskingArgs.from_args(args))
+        elif kind == "pruner" and set(args) & set(MASKING_ARGS):
+            raise src.error(path + (kind, "args"), f"{type(component).__name__} is not built on compress's Pruner: "
+                            f"it cannot take {', '.join(sorted(set(args) & set(MASKING_ARGS)))}")
         elif kind == "regularizer" and args.get("keep_mask"):
             component = RegularizationPolicy(component)
         policies.append(Policy(kind, str(instance), component, timing, args))
@@ -224,11 +228,13 @@ def _check_conflicts(src: ScheduleSource, policies: list[Policy], ctx: Context) 
     for i, policy in enumerate(policies):
         if policy.kind != "pruner":
             continue
+        component = policy.component
         try:
-            claims = policy.component.claims(ctx)
+            claims = (component.claims(ctx) if hasattr(component, "claims") else
+                      {(name, None): name for name in component.pruned_params(ctx)})
         except ValueError as exc:
             raise src.error(("pruners", policy.instance_name), str(exc)) from None
-        if policy.component.transient:
+        if getattr(component, "transient", False):
             continue
         epochs = set(policy.timing.epochs)
         for (name, dim), listed in sorted(claims.items(), key=lambda c: (c[0][0], -1 if c[0][1] is None else c[0][1])):
@@ -246,17 +252,18 @@ def _check_conflicts(src: ScheduleSource, policies: list[Policy], ctx: Context) 
             claimed.setdefault((name, dim), []).append((i, listed, epochs))
 
 
-def _conflict(a: str, a_listed: str, i: int, b: str, b_listed: str, j: int, name: str, dim: int | None,
-              epochs: list[int]) -> str:
+def _conflict(first: str, first_listed: str, first_policy: int, second: str, second_listed: str,
+              second_policy: int, name: str, dim: int | None, epochs: list[int]) -> str:
     """Which two pruners meet on which tensor, and through which listed weights."""
     what = "'" + name + "'" if dim is None else f"dimension {dim} of '{name}'"
     when = f"epoch {epochs[0]}{' and others' if len(epochs) > 1 else ''}"
-    text = f"pruners '{a}' (policy {i}) and '{b}' (policy {j}) both prune {what} in {when}"
-    if name not in (a_listed, b_listed):
-        text += f": neither lists it; the traced graph couples it to '{a_listed}' and '{b_listed}'"
-    elif a_listed != b_listed:
-        listed, other = (a_listed, b_listed) if name == b_listed else (b_listed, a_listed)
-        text += f": '{other}' is listed, and '{listed}' is coupled to it in the traced graph"
+    text = (f"pruners '{first}' (policy {first_policy}) and '{second}' (policy {second_policy}) both prune "
+            f"{what} in {when}")
+    if name not in (first_listed, second_listed):
+        text += f": neither lists it; the traced graph couples it to '{first_listed}' and '{second_listed}'"
+    elif first_listed != second_listed:
+        coupled = first_listed if name == second_listed else second_listed
+        text += f": '{name}' is listed, and '{coupled}' is coupled to it in the traced graph"
     return text
 
 
@@ -289,7 +296,8 @@ def _config(model: nn.Module, optimizer: torch.optim.Optimizer | None, src: Sche
             if (section, str(instance)) not in used:
                 log.warning("%s: %s '%s' is defined but no policy uses it", src.name, section[:-1], instance)
     for policy in policies:
-        if policy.kind == "pruner" and policy.args.get("mask_gradients") and not policy.component.transient:
+        if (policy.kind == "pruner" and policy.args.get("mask_gradients")
+                and not getattr(policy.component, "transient", False)):
             for name in sorted(policy.component.pruned_params(ctx)):
                 masks.mask_gradients(name)
     # Only now, with the whole schedule checked, may components change the model.

@@ -285,3 +285,37 @@ def test_lowest_selects_what_a_stable_sort_would(n):
             expected = torch.zeros(n, dtype=torch.bool)
             expected[order[:k]] = True
             assert torch.equal(lowest(values, k), expected)
+
+
+class HalfConv2(compress.Component):
+    """A user's own pruner component (not built on Pruner): zeroes half of conv2 at each scheduled epoch."""
+
+    def __init__(self, name=None):
+        self.name = name
+
+    def pruned_params(self, ctx):
+        return {"conv2.weight"}
+
+    def on_epoch_begin(self, ctx, step, timing):
+        mask = torch.ones_like(ctx.masks.params["conv2.weight"])
+        mask[:4] = 0
+        ctx.masks.set("conv2.weight", mask)
+
+
+def test_a_users_own_pruner_component_is_scheduled_and_checked(monkeypatch):
+    monkeypatch.setitem(compress.PRUNERS._items, "HalfConv2", HalfConv2)
+    model = Plain()
+    sched = compress.dict_config(model, None, {"pruners": {"h": {"class": "HalfConv2"}},
+                                               "policies": [{"pruner": {"instance_name": "h"}, "epochs": [0]}]})
+    sched.on_epoch_begin(0)
+    assert int((model.conv2.weight.flatten(1) == 0).all(1).sum()) == 4
+    with pytest.raises(compress.ScheduleError, match="HalfConv2 is not built on compress's Pruner: it cannot take "
+                                                     "fold_batchnorm"):
+        compress.dict_config(model, None, {"pruners": {"h": {"class": "HalfConv2"}}, "policies": [
+            {"pruner": {"instance_name": "h", "args": {"fold_batchnorm": True}}, "epochs": [0]}]})
+    with pytest.raises(compress.ScheduleError, match="both prune 'conv2.weight' in epoch 0"):
+        compress.dict_config(model, None, {
+            "pruners": {"h": {"class": "HalfConv2"},
+                        "l": {"class": "SparsityLevelParameterPruner", "levels": {"conv2.weight": 0.5}}},
+            "policies": [{"pruner": {"instance_name": "h"}, "epochs": [0]},
+                         {"pruner": {"instance_name": "l"}, "epochs": [0]}]})
