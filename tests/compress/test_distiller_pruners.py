@@ -319,3 +319,28 @@ def test_a_users_own_pruner_component_is_scheduled_and_checked(monkeypatch):
                         "l": {"class": "SparsityLevelParameterPruner", "levels": {"conv2.weight": 0.5}}},
             "policies": [{"pruner": {"instance_name": "h"}, "epochs": [0]},
                          {"pruner": {"instance_name": "l"}, "epochs": [0]}]})
+
+
+def test_forward_only_masks_are_held_until_the_last_epoch_and_kept_with_keep_mask():
+    """mask_on_forward_only + use_double_copies without discarding: the weights train unmasked, the forward
+    passes see them masked, and keep_mask makes the masks permanent at the policy's last epoch (state round trip)."""
+    schedule = one_shot("SparsityLevelParameterPruner", {"levels": {"conv2.weight": 0.5}}, policy_args={
+        "mask_on_forward_only": True, "use_double_copies": True, "keep_mask": True}, starting_epoch=0, ending_epoch=2)
+    torch.manual_seed(0)
+    model = Plain()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = compress.dict_config(model, opt, schedule)
+    x = torch.randn(2, 1, 6, 6)
+    run_scheduled(model, opt, sched, 1, [(x, x)])
+    assert not sched.masks and float((model.conv2.weight == 0).float().mean()) < 0.5  # trained unmasked
+    state = sched.state_dict()
+    assert float((state["policies"]["pruner:p"]["held"]["conv2.weight"] == 0).float().mean()) == 0.5
+    torch.manual_seed(0)
+    other_model = Plain()
+    other_model.load_state_dict(model.state_dict())
+    other_opt = torch.optim.SGD(other_model.parameters(), lr=0.1)
+    other = compress.dict_config(other_model, other_opt, schedule)
+    other.load_state_dict(state)
+    run_scheduled(other_model, other_opt, other, [1], [(x, x)])
+    assert float((other.masks["conv2.weight"] == 0).float().mean()) == 0.5  # kept at the last epoch
+    assert float((other_model.conv2.weight == 0).float().mean()) == 0.5
