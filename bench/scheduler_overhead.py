@@ -1,6 +1,7 @@
 """Per-step overhead of an active AGP schedule (masks applied every minibatch), vs a plain loop.
 
     python bench/scheduler_overhead.py [--case conv] [--pairs 40] [--threads 1]
+    python bench/scheduler_overhead.py --big-tensor 3     # one AGP step on AlexNet's 37.7M-element FC weight
 
 One case per run (`--case`; CASES lists them): a network, its input batch and the weights AGP prunes,
 trained with SGD + momentum on CPU. Four loops run side by side: a plain loop, a second identical
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -186,13 +188,72 @@ def report(loops: list[Loop], step: dict[str, list[Stopwatch]], own: dict[str, l
           f"of a plain step")
 
 
+# ---- Variant --big-tensor: one mask recomputation on a large weight (AlexNet's 9216 x 4096 classifier.1) ----------
+
+def big_tensor(repeats: int, rows: int = 4096, cols: int = 9216) -> None:
+    """Time an AGP step (50% of a rows x cols Linear weight) through the scheduler, against Distiller's method
+    (torch.topk of the k smallest |w|, then |w| > the k-th) and a stable argsort of |w| (this library's method
+    before selection); one elementwise pass over the weight gives the machine's speed in the same run."""
+    torch.manual_seed(0)
+    layer = nn.Linear(cols, rows, bias=False)
+    w = layer.weight.detach().clone()
+    k = w.numel() // 2
+
+    def scheduler_step() -> None:
+        model = nn.Sequential(layer)
+        sched = compress.dict_config(model, None, {"pruners": {"agp": {
+            "class": "AutomatedGradualPruner", "initial_sparsity": 0.5, "final_sparsity": 0.6, "weights": "0.weight"}},
+            "policies": [{"pruner": {"instance_name": "agp"}, "starting_epoch": 0, "ending_epoch": 2}]})
+        with torch.no_grad():
+            layer.weight.copy_(w)
+        t0 = time.perf_counter()
+        sched.on_epoch_begin(0)
+        times["compress AGP step (scheduler)"].append(time.perf_counter() - t0)
+
+    def distiller_topk() -> None:
+        t0 = time.perf_counter()
+        a = w.abs().view(-1)
+        threshold = torch.topk(a, k, largest=False, sorted=True).values[-1]
+        _ = (a > threshold).to(w.dtype)
+        times["Distiller: topk, then threshold"].append(time.perf_counter() - t0)
+
+    def stable_argsort() -> None:
+        t0 = time.perf_counter()
+        out = torch.ones(w.numel(), dtype=w.dtype)
+        out[torch.argsort(w.abs().view(-1).double(), stable=True)[:k]] = 0
+        times["stable argsort (before)"].append(time.perf_counter() - t0)
+
+    def one_pass() -> None:
+        t0 = time.perf_counter()
+        w.abs()
+        times["one pass over the weight (|w|)"].append(time.perf_counter() - t0)
+
+    variants = [scheduler_step, distiller_topk, stable_argsort, one_pass]
+    times: dict[str, list[float]] = {"compress AGP step (scheduler)": [], "Distiller: topk, then threshold": [],
+                                     "stable argsort (before)": [], "one pass over the weight (|w|)": []}
+    for r in range(repeats):  # rotated order
+        for fn in variants[r % 4:] + variants[:r % 4]:
+            fn()
+    print(f"threads={torch.get_num_threads()} repeats={repeats} weight {rows}x{cols} ({w.numel() / 1e6:.1f}M), "
+          "50% element-wise")
+    for name, values in times.items():
+        print(f"{name:34s} median {statistics.median(values):7.3f} s   (min {min(values):.3f} s)")
+
+# ---- end of the --big-tensor variant --------------------------------------------------------------------------
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=sorted(CASES), default="conv", help="the network and batch to time")
     parser.add_argument("--pairs", type=int, default=40, help="timed rounds (one step of every loop per round)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--big-tensor", type=int, metavar="REPEATS", default=0,
+                        help="instead: time REPEATS mask recomputations of a 37.7M-element weight")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.big_tensor:
+        big_tensor(args.big_tensor)
+        return
     torch.manual_seed(0)
     case = CASES[args.case]
     x = torch.randn(*case.input_shape)

@@ -11,12 +11,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ScheduleError, did_you_mean
-from .lr_schedulers import LRSchedulerStep
+from .errors import ArgumentError, ScheduleError, did_you_mean
+from .lr_schedulers import EPOCH_BASES, LRSchedulerStep
 from .masks import MaskStore
 from .policy import Context, Inactive, Policy, Timing
 from .pruning.groups import GroupResolver, LocalGroups
+from .pruning.masking import MASKING_ARGS, MaskingArgs, PruningPolicy
+from .pruning.pruner import Pruner
 from .registry import SECTIONS, build
+from .regularization import RegularizationPolicy
 from .schedule_source import KeyPath, ScheduleSource, read_schedule
 from .scheduler import CompressionScheduler, InputReady
 from .thinning.extension import StructureRemover
@@ -28,10 +31,11 @@ log = logging.getLogger(__name__)
 TOP_LEVEL = ("version", "input_shape", *SECTIONS, "policies")
 POLICY_KINDS = {kind: section for section, (kind, _) in SECTIONS.items()}
 TIMING_KEYS = ("starting_epoch", "ending_epoch", "frequency", "epochs")
-#: Policy `args` each kind accepts, with their types.
-POLICY_ARGS: dict[str, dict[str, type]] = {
-    "pruner": {"mini_batch_pruning_frequency": int, "mask_gradients": bool},
-    "lr_scheduler": {"metric": str},
+#: Policy `args` each kind accepts, with their types (or their allowed values).
+POLICY_ARGS: dict[str, dict[str, type | tuple[str, ...]]] = {
+    "pruner": {"mini_batch_pruning_frequency": int, "mask_gradients": bool, **dict.fromkeys(MASKING_ARGS, bool)},
+    "regularizer": {"keep_mask": bool},
+    "lr_scheduler": {"metric": str, "epoch_basis": EPOCH_BASES},
 }
 
 
@@ -102,6 +106,11 @@ def _check_weights(src: ScheduleSource, built: dict[str, dict[str, Any]], params
                         "[n for n, _ in model.named_parameters()]")
                 raise src.error((section, instance, *rel),
                                 f"the model has no parameter '{weight}'", hint=hint)
+            if section == "regularizers":
+                try:
+                    component.check(params)
+                except ArgumentError as exc:
+                    raise src.error((section, instance, *exc.key), str(exc), hint=exc.hint) from None
 
 
 def _timing(src: ScheduleSource, item: dict, path: KeyPath, minibatch_frequency: int | None) -> Timing:
@@ -143,6 +152,11 @@ def _policy_args(src: ScheduleSource, kind: str, args: Any, path: KeyPath) -> di
                 f"{kind} policies take: {', '.join(accepted)}" if accepted else f"{kind} policies take no args")
             raise src.error(path + (key,), f"unknown {kind} policy argument '{key}'", hint=hint)
         tp = accepted[key]
+        if isinstance(tp, tuple):
+            if value not in tp:
+                raise src.error(path + (key,), f"{key} must be one of {', '.join(tp)}, got {value!r}",
+                                hint=did_you_mean(str(value), tp))
+            continue
         ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
         if not ok or (tp is int and value < 1):
             raise src.error(path + (key,), f"{key} must be {'an integer >= 1' if tp is int else tp.__name__}, "
@@ -192,31 +206,83 @@ def _build_policies(src: ScheduleSource, data: dict, built: dict[str, dict[str, 
         timing = _timing(src, item, path, args.get("mini_batch_pruning_frequency"))
         component = built[section][instance]
         if kind == "lr_scheduler":
-            component = (LRSchedulerStep(component, args.get("metric", "loss")) if component is not None
-                         else Inactive("no optimizer to schedule"))
+            component = (LRSchedulerStep(component, args.get("metric", "loss"), args.get("epoch_basis", "absolute"))
+                         if component is not None else Inactive("no optimizer to schedule"))
+        elif kind == "pruner" and isinstance(component, Pruner):
+            component = PruningPolicy(component, MaskingArgs.from_args(args))
+        elif kind == "pruner" and set(args) & set(MASKING_ARGS):
+            raise src.error(path + (kind, "args"), f"{type(component).__name__} is not built on compress's Pruner: "
+                            f"it cannot take {', '.join(sorted(set(args) & set(MASKING_ARGS)))}")
+        elif kind == "regularizer" and args.get("keep_mask"):
+            component = RegularizationPolicy(component)
         policies.append(Policy(kind, str(instance), component, timing, args))
     return policies
 
 
 def _check_conflicts(src: ScheduleSource, policies: list[Policy], ctx: Context) -> None:
-    """Two pruning policies may not act on the same tensor in the same epoch."""
-    claimed: dict[str, tuple[int, set[int]]] = {}
+    """Two pruning policies may not prune a tensor the same way in the same epoch.
+
+    Element-wise pruners claim the whole tensor from other element-wise pruners (their levels would fight);
+    structured pruners claim the dimension their coupled group indexes, so one pruning a layer's filters
+    and another pruning the input channels coupled to them may share the tensor. An element-wise and a
+    structured pruner may share it too: masks only combine, and an element-wise level counts the zeros
+    already there. Transient (DropFilter) masks do not last and claim nothing.
+    """
+    claimed: dict[tuple[str, int | None], list[tuple[int, str, set[int]]]] = {}
     for i, policy in enumerate(policies):
         if policy.kind != "pruner":
             continue
+        component = policy.component
         try:
-            names = policy.component.pruned_params(ctx)
+            claims = (component.claims(ctx) if hasattr(component, "claims") else
+                      {(name, None): name for name in component.pruned_params(ctx)})
         except ValueError as exc:
             raise src.error(("pruners", policy.instance_name), str(exc)) from None
+        if getattr(component, "transient", False):
+            continue
         epochs = set(policy.timing.epochs)
-        for name in sorted(names):
-            if name in claimed and claimed[name][1] & epochs:
-                j, other = claimed[name]
-                both = sorted(other & epochs)
-                raise src.error(("policies", i), f"policies {j} and {i} both prune '{name}' in epoch {both[0]}"
-                                f"{' and others' if len(both) > 1 else ''}",
-                                hint="give each tensor one pruner at a time: make their epochs disjoint")
-            claimed[name] = (i, claimed.get(name, (i, set()))[1] | epochs)
+        for (name, dim), listed in sorted(claims.items(), key=lambda c: (c[0][0], -1 if c[0][1] is None else c[0][1])):
+            rivals = claimed.get((name, dim), [])
+            for j, other_listed, other_epochs in rivals:
+                both = sorted(other_epochs & epochs)
+                if not both:
+                    continue
+                coupled = name not in (listed, other_listed) or listed != other_listed
+                raise src.error(("policies", i), _conflict(policies[j].instance_name, other_listed, j,
+                                                           policy.instance_name, listed, i, name, dim, both),
+                                hint=("list the coupled weights in one pruner (group_dependency: Leader ranks "
+                                      "them together) or make the policies' epochs disjoint") if coupled else
+                                "give each tensor one pruner at a time: make their epochs disjoint")
+            claimed.setdefault((name, dim), []).append((i, listed, epochs))
+
+
+def _conflict(first: str, first_listed: str, first_policy: int, second: str, second_listed: str,
+              second_policy: int, name: str, dim: int | None, epochs: list[int]) -> str:
+    """Which two pruners meet on which tensor, and through which listed weights."""
+    what = "'" + name + "'" if dim is None else f"dimension {dim} of '{name}'"
+    when = f"epoch {epochs[0]}{' and others' if len(epochs) > 1 else ''}"
+    text = (f"pruners '{first}' (policy {first_policy}) and '{second}' (policy {second_policy}) both prune "
+            f"{what} in {when}")
+    if name not in (first_listed, second_listed):
+        text += f": neither lists it; the traced graph couples it to '{first_listed}' and '{second_listed}'"
+    elif first_listed != second_listed:
+        coupled = first_listed if name == second_listed else second_listed
+        text += f": '{name}' is listed, and '{coupled}' is coupled to it in the traced graph"
+    return text
+
+
+def _unscheduled_post_training(src: ScheduleSource, built: dict[str, dict[str, Any]], data: dict) -> list[Policy]:
+    """Post-training quantizers no policy names: applied from the start, as Distiller applies the
+    quantizer of a `--qe-config-file` (a file with a quantizers section and no policies)."""
+    named = {item["quantizer"].get("instance_name") for item in data.get("policies") or []
+             if isinstance(item, dict) and isinstance(item.get("quantizer"), dict)}
+    out = []
+    for instance, component in built["quantizers"].items():
+        if instance not in named and getattr(component, "applies_unscheduled", False):
+            log.info("%s: quantizer '%s' has no policy: applied from the start, as Distiller applies a "
+                     "--qe-config-file", src.name, instance)
+            out.append(Policy("quantizer", str(instance), component, Timing((0,))))
+    return out
 
 
 @dataclass(frozen=True)
@@ -234,7 +300,8 @@ class TraceInput:
 
 def _trace_input(src: ScheduleSource, data: dict, built: dict[str, dict[str, Any]], model: nn.Module,
                  dummy_input: Any | None) -> TraceInput:
-    """The first of: dummy_input=, the schedule's `input_shape`, a thinning extension's `dataset`, the first forward."""
+    """The first of: dummy_input=, the schedule's `input_shape`, a thinning extension's `dataset`, the first forward
+    (when a thinning extension or a pruner's fold_batchnorm needs the graph)."""
     shape = data.get("input_shape")
     if shape is not None and not is_shape(shape):
         raise src.error(("input_shape",), f"input_shape must be a list of positive integers, got {shape!r}",
@@ -264,6 +331,11 @@ def _trace_input(src: ScheduleSource, data: dict, built: dict[str, dict[str, Any
                           ("extensions", first[0], "dataset"))
     if removers:
         return TraceInput(None, "the model's first forward", ("extensions", next(iter(removers))), pending=True)
+    folds = [i for i, item in enumerate(data.get("policies") or []) if isinstance(item, dict)
+             and isinstance(item.get("pruner"), dict) and (item["pruner"].get("args") or {}).get("fold_batchnorm")]
+    if folds:
+        return TraceInput(None, "the model's first forward", ("policies", folds[0], "pruner", "args", "fold_batchnorm"),
+                          pending=True)
     return TraceInput(None, "none")
 
 
@@ -288,7 +360,8 @@ def _traced_groups(src: ScheduleSource, model: nn.Module, trace: TraceInput, pro
 
 def _mask_gradients(policies: list[Policy], ctx: Context) -> None:
     for policy in policies:
-        if policy.kind == "pruner" and policy.args.get("mask_gradients"):
+        if (policy.kind == "pruner" and policy.args.get("mask_gradients")
+                and not getattr(policy.component, "transient", False)):
             for name in sorted(policy.component.pruned_params(ctx)):
                 ctx.masks.mask_gradients(name)
 
@@ -322,7 +395,7 @@ def _config(model: nn.Module, optimizer: torch.optim.Optimizer | None, src: Sche
     masks = MaskStore(model)
     built = _build_components(src, data, model, optimizer)
     _check_weights(src, built, masks.params)
-    policies = _build_policies(src, data, built)
+    policies = _build_policies(src, data, built) + _unscheduled_post_training(src, built, data)
     trace = _trace_input(src, data, built, model, dummy_input)
     protected = _protected(built)
     ctx = Context(model, optimizer, masks, _traced_groups(src, model, trace, protected), trace.value)

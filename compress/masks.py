@@ -1,6 +1,7 @@
 """Pruning masks: one per parameter, applied after every optimizer step so nothing revives."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -8,15 +9,34 @@ from torch import nn
 
 
 def canonical(name: str) -> str:
-    """A parameter name without the `module.` prefixes DataParallel / DDP add."""
-    while name.startswith("module."):
-        name = name[len("module."):]
-    return name
+    """A parameter or module name without the `module` segments DataParallel / DDP add, wherever they are.
+
+    Distiller's schedules name weights as `named_parameters()` gives them for its wrapped models:
+    `module.layer1.0.conv1.weight`, or `features.module.0.weight` for AlexNet / VGG, whose `features` alone is
+    wrapped. Every name a schedule, a mask or a saved state uses goes through this, so each form finds the same
+    tensor in a wrapped or an unwrapped model.
+    """
+    if "module" not in name:
+        return name
+    return ".".join(part for part in name.split(".") if part != "module")
+
+
+def canonical_pattern(pattern: str) -> str:
+    """A regular expression over names without DataParallel's `module` segments (`features\\.module\\.0` ->
+    `features\\.0`), to match canonical names."""
+    return re.sub(r"(?:^|(?<=\.))module\\?\.", "", pattern)
 
 
 def named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The model's parameters by canonical name."""
-    return {canonical(n): p for n, p in model.named_parameters()}
+    """The model's parameters by canonical name (two names that differ only by `module` segments are refused)."""
+    params: dict[str, nn.Parameter] = {}
+    for name, param in model.named_parameters():
+        key = canonical(name)
+        if key in params and params[key] is not param:
+            raise ValueError(f"the model has two parameters named '{key}' once DataParallel's 'module' segments "
+                             f"are removed ('{name}' is one); rename the submodule called 'module'")
+        params[key] = param
+    return params
 
 
 class MaskStore:

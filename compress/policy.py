@@ -33,6 +33,15 @@ class Timing:
         f = self.minibatch_frequency
         return f is not None and self.active(epoch) and minibatch % f == 0
 
+    def pruning_fraction(self, step: Step) -> float | None:
+        """The schedule fraction if a pruner acts at `step` (an epoch's begin without a minibatch frequency, or a
+        scheduled minibatch with one), else None."""
+        if step.minibatch is None:
+            return self.fraction(step.epoch) if self.minibatch_frequency is None else None
+        if self.minibatch_scheduled(step.epoch, step.minibatch):
+            return self.fraction(step.epoch, step.minibatch, step.minibatches)
+        return None
+
     def fraction(self, epoch: int, minibatch: int = 0, minibatches: int | None = None) -> float:
         """How far through its scheduled steps the policy is: 0 at the first, 1 at the last.
 
@@ -123,6 +132,46 @@ class Inactive(Component):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.saved = dict(state)
+
+
+class PolicyWrapper(Component):
+    """A component under one policy's arguments: forwards every hook, the state and any other attribute
+    (referenced_weights, claims, ...) to the wrapped component; subclasses override what the arguments change."""
+
+    def __init__(self, inner: Component):
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def prepare(self, ctx: Context) -> None:
+        self.inner.prepare(ctx)
+
+    def on_epoch_begin(self, ctx: Context, step: Step, timing: Timing) -> None:
+        self.inner.on_epoch_begin(ctx, step, timing)
+
+    def on_minibatch_begin(self, ctx: Context, step: Step, timing: Timing) -> None:
+        self.inner.on_minibatch_begin(ctx, step, timing)
+
+    def before_backward_pass(self, ctx: Context, step: Step, timing: Timing) -> dict[str, torch.Tensor]:
+        return self.inner.before_backward_pass(ctx, step, timing)
+
+    def before_parameter_optimization(self, ctx: Context, step: Step, timing: Timing) -> None:
+        self.inner.before_parameter_optimization(ctx, step, timing)
+
+    def on_minibatch_end(self, ctx: Context, step: Step, timing: Timing) -> None:
+        self.inner.on_minibatch_end(ctx, step, timing)
+
+    def on_epoch_end(self, ctx: Context, step: Step, timing: Timing) -> None:
+        self.inner.on_epoch_end(ctx, step, timing)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
 
 
 @dataclass

@@ -36,6 +36,15 @@ class Registry:
             raise KeyError(f"{self.kind} '{name}' is already registered")
         self._items[name] = obj
 
+    def refuse(self, name: str, message: str) -> None:
+        """Register a name schedules may use (a Distiller class, say) that cannot be built here: building it
+        raises ValueError(message), which the builder reports with the schedule's file and line."""
+
+        def factory(**_: Any) -> None:
+            raise ValueError(message)
+
+        self.add(name, factory)
+
     def get(self, name: str) -> Callable[..., Any]:
         """The factory registered as `name` (KeyError if none)."""
         return self._items[name]

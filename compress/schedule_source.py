@@ -1,6 +1,7 @@
 """Reading a schedule: safe YAML with the line of every key, so errors can point at it."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,8 @@ from typing import Any
 import yaml
 
 from .errors import ScheduleError
+
+log = logging.getLogger(__name__)
 
 KeyPath = tuple[Any, ...]
 
@@ -43,19 +46,31 @@ class ScheduleSource:
                              key_path=format_path(path) or None, hint=hint)
 
 
+def _content(node: yaml.Node) -> Any:
+    """A node's tags and values as nested tuples, to tell whether two nodes say the same thing."""
+    if isinstance(node, yaml.MappingNode):
+        return node.tag, tuple((_content(k), _content(v)) for k, v in node.value)
+    if isinstance(node, yaml.SequenceNode):
+        return node.tag, tuple(_content(v) for v in node.value)
+    return node.tag, node.value
+
+
 def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], source: str | None) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
+        seen: dict[Any, tuple[int, yaml.Node]] = {}
         for key_node, value_node in node.value:
             key = key_node.value
             line = key_node.start_mark.line + 1
             if key in seen:
-                raise ScheduleError(f"key '{key}' appears twice (first on line {seen[key]}); "
-                                    "YAML would silently keep only the last one",
-                                    source=source, line=line, key_path=format_path(path + (key,)),
-                                    hint="remove or rename one of them")
-            seen[key] = line
+                first, value = seen[key]
+                if _content(value) != _content(value_node):
+                    raise ScheduleError(f"key '{key}' appears twice (first on line {first}); "
+                                        "YAML would silently keep only the last one",
+                                        source=source, line=line, key_path=format_path(path + (key,)),
+                                        hint="remove or rename one of them")
+                log.warning("%s, line %d: key '%s' repeats line %d with the same value", source, line, key, first)
+            seen[key] = (line, value_node)
             lines[path + (key,)] = line
             _walk(value_node, path + (key,), lines, source)
     elif isinstance(node, yaml.SequenceNode):

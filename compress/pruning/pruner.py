@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from ..policy import Component, Context, Step, Timing
 from ..schedule_source import KeyPath
@@ -34,12 +36,17 @@ class Target:
 
 
 class Pruner(Component):
-    """Sets masks at the steps its policy schedules: each target to its schedule's current level."""
+    """Sets masks at the steps its policy schedules: each target to its schedule's current level.
 
-    def __init__(self, targets: Sequence[Target], name: str | None = None):
+    Random criteria (DropFilter, random levels) draw from the pruner's own generator, seeded with `seed`;
+    its state is saved, so a resumed run draws what the uninterrupted one would have.
+    """
+
+    def __init__(self, targets: Sequence[Target], name: str | None = None, seed: int = 0):
         self.name = name
         self.targets = list(targets)
         self.last_levels: dict[str, float] = {}
+        self.generator = torch.Generator().manual_seed(seed)
 
     def referenced_weights(self) -> list[tuple[str, KeyPath]]:
         """Every explicitly named parameter with the key path that named it."""
@@ -58,39 +65,72 @@ class Pruner(Component):
                 out.append(t)
         return out
 
+    def claims(self, ctx: Context) -> dict[tuple[str, int | None], str]:
+        """Every (parameter, dimension) this pruner may mask, with the listed weight whose group brings it.
+
+        Structured criteria claim the dimension their coupled group indexes (filters of one tensor, input
+        channels of another); element-wise ones claim the whole tensor (dimension None). Raises ValueError
+        if a criterion cannot prune what it was given.
+        """
+        out: dict[tuple[str, int | None], str] = {}
+        for t in self.expanded_targets(ctx):
+            t.criterion.check(ctx, t.params)
+            group = getattr(t.criterion, "group", None)
+            if group is None:
+                out.update({(p, None): p for p in t.params})
+            else:
+                out.update({(m.param, m.dim): t.params[0] for m in group(ctx, t.params).members})
+        return out
+
     def pruned_params(self, ctx: Context) -> set[str]:
         """Names of every parameter this pruner may mask (the members of its groups included)."""
-        names: set[str] = set()
-        for t in self.expanded_targets(ctx):
-            group = getattr(t.criterion, "group", None)
-            names.update(group(ctx, t.params).params if group else t.params)
-        return names
+        return {name for name, _ in self.claims(ctx)}
 
-    def prune(self, ctx: Context, fraction: float) -> None:
-        """Set the masks of every target for `fraction` of the schedule."""
+    def prepare(self, ctx: Context) -> None:
         for t in self.expanded_targets(ctx):
-            amount = t.schedule.level(fraction)
-            for name, mask in t.criterion.masks(ctx, t.params, amount).items():
+            t.criterion.prepare(ctx, t.params)
+
+    def target_masks(self, ctx: Context, target: Target, fraction: float,
+                     weights: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The masks one target's criterion gives at `fraction` of the schedule (nothing is set)."""
+        amount = target.schedule.level(fraction)
+        for name in target.params:
+            self.last_levels[name] = amount
+        return target.criterion.masks(ctx, target.params, amount, ctx.masks.params if weights is None else weights,
+                                      self.generator)
+
+    def prune(self, ctx: Context, fraction: float, weights: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Set the masks of every target for `fraction` of the schedule (ranking `weights` if given)."""
+        for t in self.expanded_targets(ctx):
+            for name, mask in self.target_masks(ctx, t, fraction, weights).items():
                 current = ctx.masks.masks.get(name)
                 if current is not None:
-                    mask = mask * current.to(mask.dtype)  # what was pruned stays pruned
+                    mask.mul_(current.to(mask.dtype))  # what was pruned stays pruned
                 ctx.masks.set(name, mask, ctx.optimizer)
-            for name in t.params:
-                self.last_levels[name] = amount
         log.debug("pruner %s at %.3f of its schedule: %s", self.name, fraction, self.last_levels)
 
     def on_epoch_begin(self, ctx: Context, step: Step, timing: Timing) -> None:
-        if timing.minibatch_frequency is None:
-            self.prune(ctx, timing.fraction(step.epoch))
+        fraction = timing.pruning_fraction(step)
+        if fraction is not None:
+            self.prune(ctx, fraction)
 
-    def on_minibatch_begin(self, ctx: Context, step: Step, timing: Timing) -> None:
-        if step.minibatch is not None and timing.minibatch_scheduled(step.epoch, step.minibatch):
-            self.prune(ctx, timing.fraction(step.epoch, step.minibatch, step.minibatches))
+    on_minibatch_begin = on_epoch_begin  # with a minibatch frequency, pruning steps are minibatches
+
+    def _stats(self) -> list[Any]:
+        found = {id(s): s for t in self.targets if (s := getattr(t.criterion, "stats", None)) is not None}
+        return list(found.values())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_levels": dict(self.last_levels)}
+        state: dict[str, Any] = {"last_levels": dict(self.last_levels)}
+        if any(t.criterion.random for t in self.targets):
+            state["rng"] = self.generator.get_state()
+        for stats in self._stats():
+            state.setdefault("activations", {}).update(stats.state_dict())
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.last_levels = dict(state.get("last_levels", {}))
-
-
+        if "rng" in state:
+            self.generator.set_state(state["rng"])
+        for stats in self._stats():
+            stats.load_state_dict(state.get("activations", {}))

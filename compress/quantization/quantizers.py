@@ -15,13 +15,15 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from torch import nn
 
 from ..errors import ArgumentError, did_you_mean
-from ..masks import canonical
+from ..masks import canonical, canonical_pattern
 from ..policy import Component, Context, Step, Timing
 from ..registry import QUANTIZERS
 from .core import (
@@ -36,6 +38,9 @@ from .core import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: default of an argument whose null value means something (Distiller's bits_parameters: null)
+_NOT_GIVEN: Any = object()
 
 MODES = {"SYMMETRIC": "sym", "ASYMMETRIC_UNSIGNED": "asym", "ASYMMETRIC_SIGNED": "asym"}
 
@@ -93,7 +98,7 @@ class Quantizer(Component):
         names = [canonical(n) for n, _ in model.named_modules() if n] if model is not None else None
         for pattern, settings in (overrides or {}).items():
             try:
-                regex = re.compile(pattern)
+                regex = re.compile(canonical_pattern(str(pattern)))
             except re.error as exc:
                 raise ArgumentError(("overrides", pattern), f"not a valid regular expression: {exc}",
                                     hint="patterns are Python regular expressions matched against whole "
@@ -279,8 +284,8 @@ def _check_clip(value: float) -> None:
 class DorefaQuantizer(_ClippedQAT):
     """DoReFa-Net QAT: tanh-normalized k-bit weights (1 bit: sign * mean|w|), clipped-linear activations.
 
-    keep_weight_scale (default on) multiplies DoReFa's [-1, 1] weights by the layer's max |w|, so a
-    network without BatchNorm (most SR networks) keeps its magnitudes; false is the paper's / Distiller's.
+    keep_weight_scale (default off, as in the paper and Distiller) multiplies DoReFa's [-1, 1] weights by the
+    layer's max |w|, so a network without BatchNorm (most SR networks) keeps its magnitudes.
 
     Activations are clipped to [0, act_clip_val] after ReLU and to [-act_clip_val, act_clip_val] after
     PReLU / LeakyReLU (symmetric), then rounded to `bits_activations` with a straight-through estimator.
@@ -289,7 +294,7 @@ class DorefaQuantizer(_ClippedQAT):
     def __init__(self, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,
                  bits_activations: int | None = 8, bits_weights: int | None = 8, bits_bias: int | None = None,
                  quantize_bias: bool = True, overrides: dict[str, dict[str, Any]] | None = None,
-                 act_clip_val: float = 1.0, keep_weight_scale: bool = True, name: str | None = None,
+                 act_clip_val: float = 1.0, keep_weight_scale: bool = False, name: str | None = None,
                  weight_range: str = "portable"):
         _check_clip(act_clip_val)
         self.keep_weight_scale = keep_weight_scale
@@ -330,6 +335,7 @@ class PACTQuantizer(Quantizer):
     The clip receives the gradient of the elements clipped to it (PACT's estimator); `act_clip_decay` is
     the weight decay of that parameter group (None: the optimizer's default). Signed activations start at
     [-act_clip_neg_init_val, act_clip_init_val] (None: symmetric); a PReLU's negative side is small.
+    keep_weight_scale as DorefaQuantizer's (default off).
     """
 
     extra_settings = {"act_clip_init_val": (float, int), "act_clip_neg_init_val": (float, int, type(None))}
@@ -338,7 +344,7 @@ class PACTQuantizer(Quantizer):
                  bits_activations: int | None = 8, bits_weights: int | None = 8, bits_bias: int | None = None,
                  quantize_bias: bool = True, overrides: dict[str, dict[str, Any]] | None = None,
                  act_clip_init_val: float = 8.0, act_clip_decay: float | None = None,
-                 act_clip_neg_init_val: float | None = None, keep_weight_scale: bool = True,
+                 act_clip_neg_init_val: float | None = None, keep_weight_scale: bool = False,
                  name: str | None = None, weight_range: str = "portable"):
         if not act_clip_init_val > 0:
             raise ArgumentError("act_clip_init_val", f"must be > 0, got {act_clip_init_val!r}")
@@ -441,34 +447,92 @@ class QuantAwareTrainRangeLinearQuantizer(Quantizer):
 class PostTrainLinearQuantizer(QuantAwareTrainRangeLinearQuantizer):
     """Post-training linear quantization: BatchNorm folded into the conv before it, activation ranges
     calibrated on the first `calibration_batches` forward passes (min/max, batch average, or mean +-
-    num_stds std), weights on their own range. No training; quantization is on from the start.
+    num_stds std) or read from Distiller's statistics file (`model_activation_stats`), weights on their own
+    range. No training; quantization is on from the start, also when no policy names it (a Distiller
+    `--qe-config-file`).
 
     Calibrate explicitly with `calibrate(batches)`, or let the first batches of evaluation do it.
+    Distiller's argument names are accepted: bits_parameters (= bits_weights), bits_accum (32: the int32
+    accumulator the bias is quantized for), clip_n_stds (= num_stds), inputs_quant_auto_fallback (a layer
+    whose input is not already quantized quantizes it with its own settings; false is taken the same way, with
+    the layers' input_overrides), and per-layer clip_acts, input_overrides and quantize_inputs overrides.
     """
+
+    applies_unscheduled = True
+    extra_settings = {"clip_acts": (str,), "input_overrides": (dict,), "quantize_inputs": (bool,)}
 
     def __init__(self, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,
                  bits_activations: int | None = 8, bits_weights: int | None = 8, bits_bias: int | None = None,
                  quantize_bias: bool = True, overrides: dict[str, dict[str, Any]] | None = None,
                  mode: str | dict[str, str] = "SYMMETRIC", per_channel_wts: bool = False,
                  clip_acts: Literal["NONE", "AVG", "N_STD"] = "NONE", num_stds: float | None = None,
-                 calibration_batches: int = 8, fold_batchnorm: bool = True, name: str | None = None,
-                 weight_range: str = "portable"):
+                 calibration_batches: int = 8, fold_batchnorm: bool = True,
+                 bits_parameters: int | None = _NOT_GIVEN, bits_accum: int = 32, clip_n_stds: float | None = None,
+                 model_activation_stats: str | None = None, inputs_quant_auto_fallback: bool = True,
+                 fp16: bool = False, fpq_module: int | str | None = None, scale_approx_mult_bits: int | None = None,
+                 clip_half_range: bool = False, save_fp_weights: bool = False, also_clip_weights: bool = False,
+                 name: str | None = None, weight_range: str = "portable"):
+        for key, value, why in (("fp16", fp16, "half-precision modules"),
+                                ("fpq_module", fpq_module, "floating-point modules in place of quantized ones"),
+                                ("scale_approx_mult_bits", scale_approx_mult_bits, "integer-approximated scales"),
+                                ("clip_half_range", clip_half_range, "half-range clipping"),
+                                ("save_fp_weights", save_fp_weights, "re-quantizing saved float weights"),
+                                ("also_clip_weights", also_clip_weights, "weight clipping")):
+            if value not in (None, False):
+                raise ArgumentError(key, f"Distiller's {key} ({why}) is not supported",
+                                    hint=f"remove {key}; weights and activations are fake-quantized in float32")
+        if bits_parameters is not _NOT_GIVEN:
+            if bits_weights not in (8, bits_parameters):
+                raise ArgumentError("bits_parameters", "give bits_weights or Distiller's bits_parameters, not both")
+            bits_weights = bits_parameters
+        if bits_accum != 32:
+            raise ArgumentError("bits_accum", f"only 32 is supported, got {bits_accum}",
+                                hint="biases are quantized for the int32 accumulator of the INT8 runtime")
+        if clip_n_stds is not None:
+            num_stds = clip_n_stds
         if clip_acts == "N_STD" and (num_stds is None or num_stds <= 0):
             raise ArgumentError("num_stds", "clip_acts: N_STD needs num_stds > 0 (e.g. 3)")
         if calibration_batches < 1:
             raise ArgumentError("calibration_batches", f"must be >= 1, got {calibration_batches!r}")
         self.clip_acts, self.num_stds = clip_acts, num_stds
         self.calibration_batches, self.fold_batchnorm = calibration_batches, fold_batchnorm
+        self.inputs_quant_auto_fallback = inputs_quant_auto_fallback
+        self.activation_stats = load_activation_stats(model_activation_stats)
         self.calibrated = False
         self._seen = 0
         self._hook: Any = None
         super().__init__(model, optimizer, bits_activations, bits_weights, bits_bias, quantize_bias, overrides,
                          mode, per_channel_wts, 0.0, name, weight_range)
+        for pattern, settings in self.overrides:
+            _check_ptq_override(pattern.pattern, settings)
         self.active = True
 
+    def settings_for(self, module_name: str) -> dict[str, Any]:
+        settings = super().settings_for(module_name)
+        settings["stats"] = self.activation_stats.get(canonical(module_name))
+        return settings
+
+    def _range_quant(self, bits: int, clip: str, stats: dict[str, Any] | None) -> ActQuant:
+        """A fixed range from Distiller's statistics of this tensor, else one calibrated on the first batches."""
+        if stats is not None:
+            lo, hi = range_from_stats(stats, clip, self.num_stds)
+            return ActQuant(bits, "fixed", self.mode["activations"], lo=lo, hi=hi)
+        return ActQuant(bits, "calib", self.mode["activations"], calib_clip=clip, num_stds=self.num_stds)
+
     def io_quant(self, settings: dict[str, Any], bits: int) -> ActQuant:
-        return ActQuant(bits, "calib", self.mode["activations"], calib_clip=self.clip_acts,
-                        num_stds=self.num_stds)
+        stats = settings.get("stats") or {}
+        return self._range_quant(bits, settings.get("clip_acts", self.clip_acts), stats.get("output"))
+
+    def _input_quant(self, settings: dict[str, Any], bits: int) -> ActQuant | None:
+        if settings.get("quantize_inputs") is False:
+            return None
+        if settings["input_range"] is not None:
+            return super()._input_quant(settings, bits)
+        given = (settings.get("input_overrides") or {}).get(0, {})
+        clip = settings.get("clip_acts", self.clip_acts) if given.get("from_output") else given.get(
+            "clip_acts", settings.get("clip_acts", self.clip_acts))
+        inputs = (settings.get("stats") or {}).get("inputs") or {}
+        return self._range_quant(bits, clip, inputs.get(0))
 
     def fold(self, ctx: Context) -> None:
         if self.fold_batchnorm:
@@ -567,3 +631,63 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
                 setattr(parent, bn_name, nn.Identity())
                 folded.append(f"{parent_name}.{conv_name}" if parent_name else conv_name)
     return folded
+
+
+CLIP_MODES = ("NONE", "AVG", "N_STD")
+#: what each tensor's entry in Distiller's statistics file must give
+STATS_KEYS = ("min", "max", "avg_min", "avg_max", "mean", "std")
+
+
+def _check_ptq_override(pattern: str, settings: dict[str, Any]) -> None:
+    """Distiller's per-layer post-training settings: clip_acts, and input_overrides {0: {from_output | clip_acts}}."""
+    if settings.get("clip_acts", "NONE") not in CLIP_MODES:
+        raise ArgumentError(("overrides", pattern, "clip_acts"), f"must be one of {', '.join(CLIP_MODES)}, "
+                            f"got {settings['clip_acts']!r}")
+    for index, given in (settings.get("input_overrides") or {}).items():
+        if index != 0 or not isinstance(given, dict):
+            raise ArgumentError(("overrides", pattern, "input_overrides"), f"expected {{0: {{settings}}}}, "
+                                f"got {{{index!r}: {given!r}}}", hint="layers quantized here have one input")
+        for key, value in given.items():
+            ok = (key == "from_output" and isinstance(value, bool)) or (key == "clip_acts" and value in CLIP_MODES)
+            if not ok:
+                raise ArgumentError(("overrides", pattern, "input_overrides", 0, key), f"unsupported {key}: {value!r}",
+                                    hint=f"input overrides take from_output: true or clip_acts: {'|'.join(CLIP_MODES)}")
+
+
+def load_activation_stats(path: str | None) -> dict[str, dict[str, Any]]:
+    """Distiller's activation statistics file ({module: {inputs: {0: stats}, output: stats}}), relative paths
+    taken from the working directory as Distiller takes them; {} without a path."""
+    if path is None:
+        return {}
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ArgumentError("model_activation_stats", f"cannot read {file}: {exc.strerror}",
+                            hint=f"relative paths are taken from the working directory, {Path.cwd()}") from None
+    except yaml.YAMLError as exc:
+        raise ArgumentError("model_activation_stats", f"{file} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ArgumentError("model_activation_stats", f"{file} is not a statistics file "
+                            "({module: {inputs: {0: {min, max, ...}}, output: {min, max, ...}}})")
+    for module, entry in data.items():
+        tensors = [("output", entry.get("output"))] + [(f"inputs {i}", v) for i, v in
+                                                       (entry.get("inputs") or {}).items()]
+        for where, stats in tensors:
+            missing = [k for k in STATS_KEYS if not isinstance((stats or {}).get(k), (int, float))]
+            if stats is not None and missing:
+                raise ArgumentError("model_activation_stats", f"{file}: the {where} statistics of '{module}' "
+                                    f"lack {', '.join(missing)}")
+    return {canonical(str(k)): v for k, v in data.items()}
+
+
+def range_from_stats(stats: dict[str, Any], clip: str, num_stds: float | None) -> tuple[float, float]:
+    """The range Distiller derives from one tensor's statistics: min / max, the batch averages (AVG), or
+    mean +- num_stds std within min / max (N_STD)."""
+    if clip == "AVG":
+        return float(stats["avg_min"]), float(stats["avg_max"])
+    lo, hi = float(stats["min"]), float(stats["max"])
+    if clip == "N_STD":
+        mean, std, n = float(stats["mean"]), float(stats["std"]), float(num_stds or 3.0)
+        return max(mean - n * std, lo), min(mean + n * std, hi)
+    return lo, hi

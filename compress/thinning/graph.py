@@ -110,6 +110,9 @@ _REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 _CAT_FUNCS = {torch.cat, torch.concat, torch.concatenate}
 
 
+_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
+
 class _UnionFind:
     def __init__(self) -> None:
         self.parent: list[int] = []
@@ -143,9 +146,13 @@ class _Tracer(fx.Tracer):
         self.failed_in: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name in self.opaque or super().is_leaf_module(m, module_qualified_name)
+        if isinstance(m, _WRAPPERS):
+            return False
+        return canonical(module_qualified_name) in self.opaque or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        if isinstance(m, _WRAPPERS):  # DataParallel / DDP anywhere in the model: trace what they wrap
+            return self.call_module(m.module, m.module.forward, args, kwargs)
         self.stack.append(self.path_of_module(m))
         try:
             return super().call_module(m, forward, args, kwargs)
@@ -159,7 +166,7 @@ class _Tracer(fx.Tracer):
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The wrapped model of DataParallel / DistributedDataParallel, else the model itself."""
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+    while isinstance(model, _WRAPPERS):
         model = model.module
     return model
 
@@ -294,8 +301,8 @@ class _Builder:
                 return
 
     def module(self, node: fx.Node) -> None:
-        name = str(node.target)
-        module = self.gm.get_submodule(name)
+        module = self.gm.get_submodule(str(node.target))
+        name = canonical(str(node.target))
         first = node.args[0] if node.args else None
         if name in self.protected and not _is_thinnable(module):
             self.block(_flat_nodes((node.args, node.kwargs)) + [node], f"'{name}' is listed as protected")
@@ -500,11 +507,11 @@ def _is_thinnable(module: nn.Module) -> bool:
 
 def _opaque(model: nn.Module, protected: set[str]) -> set[str]:
     """The protected modules the tracer keeps whole (every protected module thinning cannot edit)."""
-    modules = {canonical(n) for n, _ in model.named_modules()}
-    missing = sorted(protected - modules)
+    modules = {canonical(n): m for n, m in model.named_modules()}
+    missing = sorted(protected - set(modules))
     if missing:
         raise ThinningError(f"protected layer(s) {missing} are not modules of the model")
-    return {n for n in protected if not _is_thinnable(model.get_submodule(n))}
+    return {n for n in protected if not _is_thinnable(modules[n])}
 
 
 def check_traceable(model: nn.Module, protected: Iterable[str] = ()) -> None:
@@ -520,6 +527,20 @@ def analyse(model: nn.Module, dummy_input: Any, protected: Iterable[str] = ()) -
     builder = _Builder(_trace(model, dummy_input, _opaque(model, protected)), protected)
     builder.run()
     return builder.result()
+
+
+def batchnorm_after(model: nn.Module, dummy_input: Any) -> dict[str, str]:
+    """Each Conv2d whose output goes only into a BatchNorm2d, as {conv name: BatchNorm name} (canonical)."""
+    gm = _trace(unwrap(model), dummy_input, set())
+    pairs = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or type(gm.get_submodule(str(node.target))) is not nn.Conv2d:
+            continue
+        users = list(node.users)
+        if (len(users) == 1 and users[0].op == "call_module"
+                and isinstance(gm.get_submodule(str(users[0].target)), nn.BatchNorm2d)):
+            pairs[canonical(str(node.target))] = canonical(str(users[0].target))
+    return pairs
 
 
 class TracedGroups:
@@ -569,7 +590,8 @@ class TracedGroups:
             return self._cache[key]
         layer_name, _, local = param.rpartition(".")
         layer = analysis.layers.get(layer_name)
-        module = unwrap(self.model).get_submodule(layer_name) if layer is not None else None
+        module = (None if layer is None else
+                  {canonical(n): m for n, m in unwrap(self.model).named_modules()}[layer_name])
         if local != "weight" or not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
             raise ValueError(f"'{param}' is not the weight of a conv or linear layer found when tracing "
                              "the model; only such weights can be pruned by filters or channels")

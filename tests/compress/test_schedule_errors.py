@@ -7,7 +7,7 @@ import torch
 import compress
 from compress import ScheduleError
 
-from .nets import Plain, sgd
+from .nets import Plain, Residual, sgd
 
 AGP = """\
 version: 1
@@ -96,8 +96,8 @@ def test_wrong_type(tmp_path):
 
 
 def test_wrong_type_in_list(tmp_path):
-    refuse(tmp_path, AGP.replace("['conv1.weight', 'conv2.weight']", "conv1.weight"), "line 7",
-           "weights must be list")
+    refuse(tmp_path, AGP.replace("['conv1.weight', 'conv2.weight']", "5"), "line 7",
+           "weights must be list or str, got 5")
 
 
 @pytest.mark.parametrize("value", ["1.0", "-0.1", "1.5"])
@@ -161,6 +161,44 @@ def test_weight_the_model_lacks(tmp_path):
 
 def test_conflicting_pruners_on_the_same_tensor(tmp_path):
     text = AGP.replace("policies:", """\
+  level:
+    class: SparsityLevelParameterPruner
+    levels: {conv2.weight: 0.5}
+policies:
+  - pruner:
+      instance_name: level
+    epochs: [5]""")
+    refuse(tmp_path, text, "line 15", "policies[1]",
+           "pruners 'level' (policy 0) and 'conv_pruner' (policy 1) both prune 'conv2.weight' in epoch 5",
+           "give each tensor one pruner at a time: make their epochs disjoint")
+
+
+def test_two_structured_pruners_on_one_dimension_name_the_coupling(tmp_path):
+    """Filters of conv_a and conv_b are coupled by the add: two pruners listing one each meet on both."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent("""\
+        pruners:
+          a: {class: L1RankedStructureParameterPruner, group_type: Filters, desired_sparsity: 0.5,
+              weights: [conv_a.weight]}
+          b: {class: L1RankedStructureParameterPruner, group_type: Filters, desired_sparsity: 0.25,
+              weights: [conv_b.weight]}
+        policies:
+          - {pruner: {instance_name: a}, epochs: [0]}
+          - {pruner: {instance_name: b}, epochs: [0]}
+        """))
+    model = Residual()
+    with pytest.raises(ScheduleError, match=r"pruners 'a' \(policy 0\) and 'b' \(policy 1\) both prune dimension 0 "
+                       r"of 'conv_a.bias' in epoch 0: neither lists it; the traced graph couples it to "
+                       r"'conv_a.weight' and 'conv_b.weight'"):
+        compress.file_config(model, sgd(model), path, dummy_input=torch.zeros(1, 1, 8, 8))
+
+
+def test_element_wise_and_structured_pruners_may_share_a_tensor(tmp_path):
+    """Filter pruning and AGP of one weight in one epoch: the masks combine; AGP's level counts all zeros."""
+    path = tmp_path / "ok.yaml"
+    path.write_text(AGP.replace("ending_epoch: 10", "ending_epoch: 2").replace("final_sparsity: 0.4",
+                                                                              "final_sparsity: 0.75").replace(
+        "policies:", """\
   filters:
     class: L1RankedStructureParameterPruner
     reg_regims:
@@ -168,9 +206,14 @@ def test_conflicting_pruners_on_the_same_tensor(tmp_path):
 policies:
   - pruner:
       instance_name: filters
-    epochs: [5]""")
-    refuse(tmp_path, text, "line 16", "policies[1]", "policies 0 and 1 both prune 'conv2.weight' in epoch 5",
-           "make their epochs disjoint")
+    epochs: [1]"""))
+    model = Plain()
+    sched = compress.file_config(model, sgd(model), path)
+    sched.on_epoch_begin(0)
+    sched.on_epoch_begin(1)
+    w = model.conv2.weight
+    assert int((w.flatten(1) == 0).all(1).sum()) == 4  # half of the 8 filters
+    assert int((w == 0).sum()) == int(0.75 * w.numel())  # AGP's final 75%, the zero filters' 50% among them
 
 
 def test_disjoint_pruners_on_the_same_tensor_are_fine(tmp_path):
@@ -268,3 +311,12 @@ def test_wrong_choice_suggests_the_closest(tmp_path):
           - pruner: {instance_name: f}
             epochs: [0]
         """, "line 4", "pruners.f.group_type", "must be '3D' or 'Filters'", "did you mean 'Filters'?")
+
+
+def test_a_key_repeated_with_the_same_value_is_taken(tmp_path, caplog):
+    """Distiller's ssl_channels-removal_training.yaml lists one weight twice with the same regime."""
+    path = tmp_path / "ok.yaml"
+    path.write_text(AGP.replace("    final_sparsity: 0.4\n", "    final_sparsity: 0.4\n    final_sparsity: 0.4\n"))
+    model = Plain()
+    compress.file_config(model, sgd(model), path)
+    assert "key 'final_sparsity' repeats line 6 with the same value" in caplog.text

@@ -336,7 +336,7 @@ def test_a_conflict_only_the_traced_groups_show_is_refused_at_the_first_forward_
     before = copy.deepcopy(model.state_dict())
     sched.on_epoch_begin(0, opt)
     sched.on_minibatch_begin(0, 0, 1, opt)
-    with pytest.raises(compress.ScheduleError, match=r"at 'policies\[1\]': policies 0 and 1 both prune '.*' in epoch 0"):
+    with pytest.raises(compress.ScheduleError, match=r"at 'policies\[1\]': pruners 'a' \(policy 0\) and 'b' \(policy 1\) both prune dimension 0 of '.*' in epoch 0"):
         model(batches(1)[0][0])
     assert sched.masks == {} and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
