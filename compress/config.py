@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 TOP_LEVEL = ("version", *SECTIONS, "policies")
 POLICY_KINDS = {kind: section for section, (kind, _) in SECTIONS.items()}
 TIMING_KEYS = ("starting_epoch", "ending_epoch", "frequency", "epochs")
+#: Kinds that only act while training: without an optimizer they are checked, not built.
+TRAINING_ONLY = ("lr_scheduler", "distiller")
 #: Policy `args` each kind accepts, with their types.
 POLICY_ARGS: dict[str, dict[str, type]] = {
     "pruner": {"mini_batch_pruning_frequency": int, "mask_gradients": bool},
@@ -31,15 +34,21 @@ POLICY_ARGS: dict[str, dict[str, type]] = {
 
 
 def file_config(model: nn.Module, optimizer: torch.optim.Optimizer | None, path: str | Path, *,
-                dummy_input: torch.Tensor | None = None) -> CompressionScheduler:
-    """Build a CompressionScheduler from a YAML schedule file (see DESIGN.md §3)."""
-    return _config(model, optimizer, read_schedule(path), dummy_input)
+                dummy_input: torch.Tensor | None = None,
+                teachers: Mapping[str, nn.Module] | None = None) -> CompressionScheduler:
+    """Build a CompressionScheduler from a YAML schedule file (see DESIGN.md §3).
+
+    `teachers` are the distillation teachers a `distillers:` section may name (besides `self`).
+    """
+    return _config(model, optimizer, read_schedule(path), dummy_input, teachers)
 
 
 def dict_config(model: nn.Module, optimizer: torch.optim.Optimizer | None, schedule: dict[str, Any], *,
-                dummy_input: torch.Tensor | None = None, name: str | None = None) -> CompressionScheduler:
+                dummy_input: torch.Tensor | None = None, name: str | None = None,
+                teachers: Mapping[str, nn.Module] | None = None) -> CompressionScheduler:
     """Build a CompressionScheduler from a schedule already loaded as a dict."""
-    return _config(model, optimizer, ScheduleSource(copy.deepcopy(schedule), name or "<schedule dict>"), dummy_input)
+    return _config(model, optimizer, ScheduleSource(copy.deepcopy(schedule), name or "<schedule dict>"), dummy_input,
+                   teachers)
 
 
 def group_resolver(model: nn.Module, dummy_input: torch.Tensor | None) -> GroupResolver:
@@ -74,17 +83,17 @@ def _check_top_level(src: ScheduleSource) -> dict[str, Any]:
     return data
 
 
-def _build_components(src: ScheduleSource, data: dict, model: nn.Module,
-                      optimizer: torch.optim.Optimizer | None) -> dict[str, dict[str, Any]]:
-    """Every declared component by section and instance name (LR schedulers only checked without optimizer)."""
+def _build_components(src: ScheduleSource, data: dict, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                      **injected: Any) -> dict[str, dict[str, Any]]:
+    """Every declared component by section and instance name (TRAINING_ONLY kinds only checked without optimizer)."""
     built: dict[str, dict[str, Any]] = {}
     for section, (kind, registry) in SECTIONS.items():
         built[section] = {}
         for instance, cfg in _mapping(src, data.get(section), (section,), f"{kind} definitions").items():
             path = (section, instance)
-            construct = not (kind == "lr_scheduler" and optimizer is None)
+            construct = not (kind in TRAINING_ONLY and optimizer is None)
             built[section][instance] = build(cfg, registry, source=src, path=path, name=str(instance),
-                                             model=model, optimizer=optimizer, construct=construct)
+                                             model=model, optimizer=optimizer, construct=construct, **injected)
     return built
 
 
@@ -216,10 +225,10 @@ def _check_conflicts(src: ScheduleSource, policies: list[Policy], ctx: Context) 
 
 
 def _config(model: nn.Module, optimizer: torch.optim.Optimizer | None, src: ScheduleSource,
-            dummy_input: torch.Tensor | None) -> CompressionScheduler:
+            dummy_input: torch.Tensor | None, teachers: Mapping[str, nn.Module] | None = None) -> CompressionScheduler:
     data = _check_top_level(src)
     masks = MaskStore(model)
-    built = _build_components(src, data, model, optimizer)
+    built = _build_components(src, data, model, optimizer, teachers=dict(teachers or {}), dummy_input=dummy_input)
     _check_weights(src, built, masks.params)
     policies = _build_policies(src, data, built)
     ctx = Context(model, optimizer, masks, group_resolver(model, dummy_input), dummy_input)
