@@ -113,25 +113,34 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _without_lr_schedules(schedule: dict[str, Any], state: dict[str, Any] | None
-                          ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The schedule and scheduler state minus the LR schedulers and their policies."""
-    schedule = {k: v for k, v in schedule.items() if k != "lr_schedulers"}
-    schedule["policies"] = [p for p in schedule.get("policies") or [] if "lr_scheduler" not in p]
+#: Schedule sections that only act while training (section, policy kind): an inference rebuild drops them.
+TRAINING_ONLY = (("lr_schedulers", "lr_scheduler"), ("distillers", "distiller"))
+
+
+def _for_inference(schedule: dict[str, Any], state: dict[str, Any] | None
+                   ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The schedule and scheduler state minus the LR schedulers, the distillers and their policies."""
+    sections = {section for section, _ in TRAINING_ONLY}
+    kinds = {kind for _, kind in TRAINING_ONLY}
+    schedule = {k: v for k, v in schedule.items() if k not in sections}
+    schedule["policies"] = [p for p in schedule.get("policies") or [] if not kinds & set(p)]
     if state is not None:
         state = {**state, "policies": {k: v for k, v in (state.get("policies") or {}).items()
-                                       if not k.startswith("lr_scheduler:")}}
+                                       if k.split(":", 1)[0] not in kinds}}
     return schedule, state
 
 
 def rebuild_model(ckpt: dict[str, Any], build: Callable[[str, dict[str, Any]], nn.Module], *,
                   optimizer_factory: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
                   dummy_input: torch.Tensor | None = None, device: str | torch.device = "cpu",
+                  teachers: dict[str, nn.Module] | None = None,
                   ) -> tuple[nn.Module, Any, torch.optim.Optimizer | None]:
     """Rebuild the (possibly compressed) model of `ckpt`; returns (model, scheduler or None, optimizer).
 
     `build(name, kwargs)` makes the dense architecture; `optimizer_factory(model)` (optional) makes the
     optimizer once the model has its final structure, and its state is restored from the checkpoint.
+    Without an optimizer (inference) LR schedules and distillers are left out; to resume training, pass
+    the distillation `teachers` the schedule names.
     """
     arch = ckpt["arch"]
     model = build(arch["name"], dict(arch.get("kwargs") or {})).to(device)
@@ -145,9 +154,9 @@ def rebuild_model(ckpt: dict[str, Any], build: Callable[[str, dict[str, Any]], n
         if dummy_input is not None:
             dummy_input = dummy_input.to(device)
         state = ckpt.get("scheduler")
-        if optimizer is None:  # rebuilding for inference: LR schedules need an optimizer and change no weight
-            schedule, state = _without_lr_schedules(schedule, state)
-        scheduler = compress.dict_config(model, optimizer, schedule, dummy_input=dummy_input)
+        if optimizer is None:  # rebuilding for inference: LR schedules and distillers change no weight
+            schedule, state = _for_inference(schedule, state)
+        scheduler = compress.dict_config(model, optimizer, schedule, dummy_input=dummy_input, teachers=teachers)
         if state is not None:
             scheduler.load_state_dict(state)
     try:
