@@ -214,14 +214,7 @@ def test_connectors_train_with_the_model_and_are_saved_and_resumed():
     assert not torch.equal(start, conv.weight)  # trained
     assert "0" in sched.state_dict()["policies"]["distiller:kd"]["connectors"]
 
-    m1, o1, s1 = fresh()
-    run_scheduled(m1, o1, s1, 2, batch, minibatches=2)
-    saved = _round_trip(m1, o1, s1)
-    m2, o2, s2 = fresh()
-    s2.load_state_dict(saved["scheduler"])
-    m2.load_state_dict(saved["model"])
-    o2.load_state_dict(saved["optimizer"])
-    run_scheduled(m2, o2, s2, range(2, 4), batch, minibatches=2)
+    m2, s2 = _resumed(fresh, 2, 4, 2)
     _same(model, m2)
     for i, c in kd.connectors.items():
         assert all(torch.equal(a, b) for a, b in zip(c.state_dict().values(),
@@ -229,11 +222,20 @@ def test_connectors_train_with_the_model_and_are_saved_and_resumed():
                                                      strict=True))
 
 
-def _round_trip(model, opt, sched):
+def _resumed(fresh, stop: int, end: int, minibatches: int):
+    """Train a fresh run to `stop`, save it, rebuild it from scratch, load it and train on to `end`."""
+    m1, o1, s1 = fresh()
+    run_scheduled(m1, o1, s1, stop, batch, minibatches=minibatches)
     buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, buffer)
+    torch.save({"model": m1.state_dict(), "optimizer": o1.state_dict(), "scheduler": s1.state_dict()}, buffer)
     buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
+    saved = torch.load(buffer, weights_only=True)
+    m2, o2, s2 = fresh()
+    s2.load_state_dict(saved["scheduler"])
+    m2.load_state_dict(saved["model"])
+    o2.load_state_dict(saved["optimizer"])
+    run_scheduled(m2, o2, s2, range(stop, end), batch, minibatches=minibatches)
+    return m2, s2
 
 
 def _same(a: nn.Module, b: nn.Module):
@@ -270,14 +272,7 @@ def test_agp_qat_and_kd_in_one_schedule_resume_bit_exactly():
     run_scheduled(model, opt, sched, 5, batch, minibatches=3)
     assert int((model.conv1.weight == 0).sum()) == 36
     for stop in (1, 2, 4):  # before the teacher exists, after it, with quantization on
-        m1, o1, s1 = fresh()
-        run_scheduled(m1, o1, s1, stop, batch, minibatches=3)
-        saved = _round_trip(m1, o1, s1)
-        m2, o2, s2 = fresh()
-        s2.load_state_dict(saved["scheduler"])
-        m2.load_state_dict(saved["model"])
-        o2.load_state_dict(saved["optimizer"])
-        run_scheduled(m2, o2, s2, range(stop, 5), batch, minibatches=3)
+        m2, s2 = _resumed(fresh, stop, 5, 3)
         _same(model, m2)
         _same(sched.policies[2].component.teacher, s2.policies[2].component.teacher)
 
@@ -303,14 +298,7 @@ def test_a_self_teacher_resumes_across_thinning(kd_start):
     run_scheduled(model, opt, sched, 3, batch, minibatches=2)
     teacher = sched.policies[2].component.teacher
     assert model.conv1.out_channels == 4 and teacher.conv1.out_channels == (8 if kd_start == 0 else 4)
-    m1, o1, s1 = fresh()
-    run_scheduled(m1, o1, s1, 2, batch, minibatches=2)
-    saved = _round_trip(m1, o1, s1)
-    m2, o2, s2 = fresh()
-    s2.load_state_dict(saved["scheduler"])
-    m2.load_state_dict(saved["model"])
-    o2.load_state_dict(saved["optimizer"])
-    run_scheduled(m2, o2, s2, range(2, 3), batch, minibatches=2)
+    m2, s2 = _resumed(fresh, 2, 3, 2)
     _same(model, m2)
     _same(teacher, s2.policies[2].component.teacher)
 
