@@ -9,7 +9,7 @@ from torch import nn
 
 import compress
 from apps.sr import Tester, Trainer, build_test_loader, build_train_loaders
-from apps.sr.models import C2SRCNN
+from apps.sr.models import C2SRCNN, EDSR
 from apps.sr.options import TrainOptions
 from apps.sr.teacher import OtherInputTeacher, resize_matrix
 from apputils.checkpoint import save_checkpoint
@@ -105,3 +105,18 @@ def test_other_input_teacher_inverts_the_apps_bicubic_upscaling(scale):
     assert 10 * math.log10(1 / float(((to_lr - sample["lr"]) ** 2).mean())) > 55  # only 8-bit rounding apart
     assert 10 * math.log10(1 / float(((to_bicubic - sample["bicubic"]) ** 2).mean())) > 55
     assert torch.allclose(resize_matrix(5, 10).sum(dim=1), torch.ones(10, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ["kd_agp_prune.yaml", "kd_quantization_PACT.yaml", "kd_edsr_teacher.yaml"])
+def test_the_shipped_kd_schedules_build_and_distil(name):
+    model = C2SRCNN()
+    opt = torch.optim.Adam(model.parameters())
+    teachers = {"teacher": OtherInputTeacher(EDSR(1, 2), 2, "bicubic")}  # as --kd_teacher gives an EDSR
+    sched = compress.file_config(model, opt, SCHEDULES / name, dummy_input=torch.zeros(1, 1, 32, 32), teachers=teachers)
+    x = torch.rand(2, 1, 16, 16)
+    sched.on_epoch_begin(0, opt)
+    sched.on_minibatch_begin(0, 0, 1, opt)
+    loss, parts = sched.before_backward_pass(0, 0, 1, nn.functional.mse_loss(model(x), x), opt,
+                                             return_loss_components=True)
+    assert "kd.output" in parts and ("feature" in " ".join(parts)) == (name != "kd_edsr_teacher.yaml")
+    loss.backward()
