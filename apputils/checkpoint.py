@@ -116,11 +116,14 @@ def _plain(obj: Any) -> Any:
 def rebuild_model(ckpt: dict[str, Any], build: Callable[[str, dict[str, Any]], nn.Module], *,
                   optimizer_factory: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
                   dummy_input: torch.Tensor | None = None, device: str | torch.device = "cpu",
+                  teachers: dict[str, nn.Module] | None = None,
                   ) -> tuple[nn.Module, Any, torch.optim.Optimizer | None]:
     """Rebuild the (possibly compressed) model of `ckpt`; returns (model, scheduler or None, optimizer).
 
     `build(name, kwargs)` makes the dense architecture; `optimizer_factory(model)` (optional) makes the
     optimizer once the model has its final structure, and its state is restored from the checkpoint.
+    Without an optimizer (inference) LR schedules and distillers are left out; to resume training, pass
+    the distillation `teachers` the schedule names.
     """
     arch = ckpt["arch"]
     model = build(arch["name"], dict(arch.get("kwargs") or {})).to(device)
@@ -134,8 +137,9 @@ def rebuild_model(ckpt: dict[str, Any], build: Callable[[str, dict[str, Any]], n
         if dummy_input is not None:
             dummy_input = dummy_input.to(device)
         state = ckpt.get("scheduler")
-        # without an optimizer (rebuilding for inference) LR schedules are inactive and keep their saved state
-        scheduler = compress.dict_config(model, optimizer, schedule, dummy_input=dummy_input)
+        # without an optimizer (rebuilding for inference) LR schedules and distillers are inactive and keep
+        # their saved state
+        scheduler = compress.dict_config(model, optimizer, schedule, dummy_input=dummy_input, teachers=teachers)
         if state is not None:
             scheduler.load_state_dict(state)
     try:

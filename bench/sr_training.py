@@ -13,15 +13,16 @@ from apps.sr.evaluation import model_input
 
 
 def train_sr(model: nn.Module, schedule: dict[str, Any] | None, iters: int, lr: float, *, scale: int, crop: int,
-             batch: int, seed: int, epochs: int, dummy_input: torch.Tensor | None = None
-             ) -> tuple[nn.Module, compress.CompressionScheduler | None]:
+             batch: int, seed: int, epochs: int, dummy_input: torch.Tensor | None = None,
+             teachers: dict[str, nn.Module] | None = None) -> tuple[nn.Module, compress.CompressionScheduler | None]:
     """`iters` Adam steps on the embedded photographs, cosine LR from each group's `lr` to 1% of it, split
-    into `epochs` scheduler epochs, with the schedule's hooks (none when `schedule` is None)."""
+    into `epochs` scheduler epochs, with the schedule's hooks (none when `schedule` is None); `teachers`
+    are the distillation teachers the schedule may name."""
     per = max(iters // epochs, 1)
     data = get_training_set(scale, None, crop_size=crop, length=per * batch, seed=seed)
     loader = torch.utils.data.DataLoader(data, batch_size=batch, drop_last=True)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = compress.dict_config(model, opt, schedule, dummy_input=dummy_input) if schedule else None
+    sched = compress.dict_config(model, opt, schedule, dummy_input=dummy_input, teachers=teachers) if schedule else None
     base_lrs = [g["lr"] for g in opt.param_groups]  # after the schedule, which may add groups (PACT clips)
     total, step = per * epochs, 0
     model.train()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 TOP_LEVEL = ("version", "input_shape", *SECTIONS, "policies")
 POLICY_KINDS = {kind: section for section, (kind, _) in SECTIONS.items()}
 TIMING_KEYS = ("starting_epoch", "ending_epoch", "frequency", "epochs")
+#: Kinds that only act while training: without an optimizer they are checked, not built, and inactive.
+TRAINING_ONLY = ("lr_scheduler", "distiller")
 #: Policy `args` each kind accepts, with their types (or their allowed values).
 POLICY_ARGS: dict[str, dict[str, type | tuple[str, ...]]] = {
     "pruner": {"mini_batch_pruning_frequency": int, "mask_gradients": bool, **dict.fromkeys(MASKING_ARGS, bool)},
@@ -40,15 +42,21 @@ POLICY_ARGS: dict[str, dict[str, type | tuple[str, ...]]] = {
 
 
 def file_config(model: nn.Module, optimizer: torch.optim.Optimizer | None, path: str | Path, *,
-                dummy_input: torch.Tensor | None = None) -> CompressionScheduler:
-    """Build a CompressionScheduler from a YAML schedule file (see DESIGN.md §3)."""
-    return _config(model, optimizer, read_schedule(path), dummy_input)
+                dummy_input: torch.Tensor | None = None,
+                teachers: Mapping[str, nn.Module] | None = None) -> CompressionScheduler:
+    """Build a CompressionScheduler from a YAML schedule file (see DESIGN.md §3).
+
+    `teachers` are the distillation teachers a `distillers:` section may name (besides `self`).
+    """
+    return _config(model, optimizer, read_schedule(path), dummy_input, teachers)
 
 
 def dict_config(model: nn.Module, optimizer: torch.optim.Optimizer | None, schedule: dict[str, Any], *,
-                dummy_input: torch.Tensor | None = None, name: str | None = None) -> CompressionScheduler:
+                dummy_input: torch.Tensor | None = None, name: str | None = None,
+                teachers: Mapping[str, nn.Module] | None = None) -> CompressionScheduler:
     """Build a CompressionScheduler from a schedule already loaded as a dict."""
-    return _config(model, optimizer, ScheduleSource(copy.deepcopy(schedule), name or "<schedule dict>"), dummy_input)
+    return _config(model, optimizer, ScheduleSource(copy.deepcopy(schedule), name or "<schedule dict>"), dummy_input,
+                   teachers)
 
 
 def group_resolver(model: nn.Module, dummy_input: Any | None, protected: Sequence[str] = ()) -> GroupResolver:
@@ -81,17 +89,17 @@ def _check_top_level(src: ScheduleSource) -> dict[str, Any]:
     return data
 
 
-def _build_components(src: ScheduleSource, data: dict, model: nn.Module,
-                      optimizer: torch.optim.Optimizer | None) -> dict[str, dict[str, Any]]:
-    """Every declared component by section and instance name (LR schedulers only checked without optimizer)."""
+def _build_components(src: ScheduleSource, data: dict, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                      **injected: Any) -> dict[str, dict[str, Any]]:
+    """Every declared component by section and instance name (TRAINING_ONLY kinds only checked without optimizer)."""
     built: dict[str, dict[str, Any]] = {}
     for section, (kind, registry) in SECTIONS.items():
         built[section] = {}
         for instance, cfg in _mapping(src, data.get(section), (section,), f"{kind} definitions").items():
             path = (section, instance)
-            construct = not (kind == "lr_scheduler" and optimizer is None)
+            construct = not (kind in TRAINING_ONLY and optimizer is None)
             built[section][instance] = build(cfg, registry, source=src, path=path, name=str(instance),
-                                             model=model, optimizer=optimizer, construct=construct)
+                                             model=model, optimizer=optimizer, construct=construct, **injected)
     return built
 
 
@@ -205,9 +213,10 @@ def _build_policies(src: ScheduleSource, data: dict, built: dict[str, dict[str, 
         args = _policy_args(src, kind, ref.get("args"), path + (kind, "args"))
         timing = _timing(src, item, path, args.get("mini_batch_pruning_frequency"))
         component = built[section][instance]
-        if kind == "lr_scheduler":
-            component = (LRSchedulerStep(component, args.get("metric", "loss"), args.get("epoch_basis", "absolute"))
-                         if component is not None else Inactive("no optimizer to schedule"))
+        if kind in TRAINING_ONLY and component is None:
+            component = Inactive(f"no optimizer: a {kind} acts only while training")
+        elif kind == "lr_scheduler":
+            component = LRSchedulerStep(component, args.get("metric", "loss"), args.get("epoch_basis", "absolute"))
         elif kind == "pruner" and isinstance(component, Pruner):
             component = PruningPolicy(component, MaskingArgs.from_args(args))
         elif kind == "pruner" and set(args) & set(MASKING_ARGS):
@@ -390,10 +399,10 @@ def _shapes(inputs: Any) -> str:
 
 
 def _config(model: nn.Module, optimizer: torch.optim.Optimizer | None, src: ScheduleSource,
-            dummy_input: Any | None) -> CompressionScheduler:
+            dummy_input: Any | None, teachers: Mapping[str, nn.Module] | None = None) -> CompressionScheduler:
     data = _check_top_level(src)
     masks = MaskStore(model)
-    built = _build_components(src, data, model, optimizer)
+    built = _build_components(src, data, model, optimizer, teachers=dict(teachers or {}), dummy_input=dummy_input)
     _check_weights(src, built, masks.params)
     policies = _build_policies(src, data, built) + _unscheduled_post_training(src, built, data)
     trace = _trace_input(src, data, built, model, dummy_input)

@@ -73,13 +73,15 @@ class Context:
 
 @dataclass(frozen=True)
 class Step:
-    """Where the training loop is when a hook fires (minibatch fields are None at epoch hooks)."""
+    """Where the training loop is when a hook fires (minibatch fields are None at epoch hooks;
+    `loss` is the task loss, given in before_backward_pass only)."""
 
     epoch: int
     minibatch: int | None = None
     minibatches: int | None = None
     optimizer: torch.optim.Optimizer | None = None
     metrics: dict[str, float] | None = None
+    loss: torch.Tensor | None = None
 
 
 class Component:
@@ -178,7 +180,7 @@ class PolicyWrapper(Component):
 class Policy:
     """A component of one kind with its timing and its policy arguments (the YAML `args`)."""
 
-    kind: str                      # 'pruner', 'regularizer', 'quantizer', 'lr_scheduler', 'extension'
+    kind: str                      # 'pruner', 'regularizer', 'quantizer', 'lr_scheduler', 'extension', 'distiller'
     instance_name: str
     component: Any
     timing: Timing

@@ -11,7 +11,7 @@ from .errors import ArgumentError, ScheduleError, did_you_mean
 from .schedule_source import KeyPath, ScheduleSource
 
 #: Constructor arguments the builder supplies itself; a schedule may not set them.
-INJECTED = ("name", "model", "optimizer")
+INJECTED = ("name", "model", "optimizer", "teachers", "dummy_input")
 
 
 class Registry:
@@ -130,7 +130,7 @@ def build(cfg: dict[str, Any], registry: Registry, *, source: ScheduleSource, pa
     """Build one component from `{class: Name, **kwargs}`.
 
     Copies the config, pops the class name, checks every kwarg against the factory's signature and
-    type hints, and supplies `name` / `model` / `optimizer` when the factory takes them. Every
+    type hints, and supplies the INJECTED arguments (`name`, `model`, ...) the factory takes. Every
     problem is a ScheduleError pointing at the schedule's line.
     """
     if not isinstance(cfg, dict):
@@ -189,6 +189,7 @@ REGULARIZERS = Registry("regularizer")
 QUANTIZERS = Registry("quantizer")
 LR_SCHEDULERS = Registry("lr_scheduler")
 EXTENSIONS = Registry("extension")
+DISTILLERS = Registry("distiller")
 
 #: YAML section -> (policy kind, registry of its classes)
 SECTIONS: dict[str, tuple[str, Registry]] = {
@@ -197,4 +198,5 @@ SECTIONS: dict[str, tuple[str, Registry]] = {
     "quantizers": ("quantizer", QUANTIZERS),
     "lr_schedulers": ("lr_scheduler", LR_SCHEDULERS),
     "extensions": ("extension", EXTENSIONS),
+    "distillers": ("distiller", DISTILLERS),
 }

@@ -11,6 +11,9 @@ from .policy import Component, Context, Policy, Step
 
 #: Policy kinds whose components change the model's structure; their state is restored first.
 STRUCTURAL_KINDS = ("extension", "quantizer")
+#: Policy kinds that run before the others at every hook (a `teacher: self` copy is taken before this
+#: epoch's pruning / quantization) and restore their state on the freshly built model, before any other.
+FIRST_KINDS = ("distiller",)
 
 
 #: Called with the context and the positional inputs of the model's first forward (see CompressionScheduler).
@@ -69,7 +72,8 @@ class CompressionScheduler:
         if calls is None:
             if len(self._active) > 64:
                 self._active.clear()
-            calls = [(getattr(p.component, hook), p) for p in self.policies
+            ordered = sorted(self.policies, key=lambda p: p.kind not in FIRST_KINDS)
+            calls = [(getattr(p.component, hook), p) for p in ordered
                      if p.timing.active(epoch) and _overrides(p.component, hook)]
             self._active[key] = calls
         return calls
@@ -113,11 +117,11 @@ class CompressionScheduler:
     def before_backward_pass(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
                              loss: torch.Tensor, optimizer: torch.optim.Optimizer | None = None,
                              return_loss_components: bool = False):
-        """Add the regularizers' terms to `loss`; with return_loss_components, also return them by name."""
+        """Add the regularizers' and distillers' terms to `loss`; with return_loss_components, also return them by name."""
         components: dict[str, torch.Tensor] = {}
         calls = self._calls(epoch, "before_backward_pass")
         if calls:
-            step = Step(epoch, minibatch_id, minibatches_per_epoch, optimizer or self.ctx.optimizer)
+            step = Step(epoch, minibatch_id, minibatches_per_epoch, optimizer or self.ctx.optimizer, loss=loss)
             for call, policy in calls:
                 components.update(call(self.ctx, step, policy.timing))
             for term in components.values():
@@ -162,18 +166,19 @@ class CompressionScheduler:
                 "policies": {f"{p.kind}:{p.instance_name}": p.component.state_dict() for p in self.policies}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a saved state: structural changes (thinning, quantization) first, then masks, then the rest."""
+        """Restore a saved state: distillers (on the fresh model), structural changes (thinning, quantization),
+        then masks, then the rest."""
         saved = state.get("policies", {})
         unknown = set(saved) - {f"{p.kind}:{p.instance_name}" for p in self.policies}
         if unknown:
             raise ValueError(f"saved scheduler state has policies this schedule lacks: {sorted(unknown)}; "
                              "load it with the schedule it was saved with")
-        structural = [p for p in self.policies if p.kind in STRUCTURAL_KINDS]
-        for policy in structural:
-            policy.component.load_state_dict(saved.get(f"{policy.kind}:{policy.instance_name}", {}))
+        for kinds in (FIRST_KINDS, STRUCTURAL_KINDS):
+            for policy in (p for p in self.policies if p.kind in kinds):
+                policy.component.load_state_dict(saved.get(f"{policy.kind}:{policy.instance_name}", {}))
         self.ctx.masks.refresh()
         self.ctx.masks.load_state_dict(state["masks"])
         for policy in self.policies:
-            if policy.kind not in STRUCTURAL_KINDS:
+            if policy.kind not in STRUCTURAL_KINDS + FIRST_KINDS:
                 policy.component.load_state_dict(saved.get(f"{policy.kind}:{policy.instance_name}", {}))
         self._active.clear()

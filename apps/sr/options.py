@@ -26,6 +26,18 @@ RESUME_MAY_CHANGE = ("resume", "nEpochs", "device", "threads", "print_freq", "lo
 DEMO_NOTE = ("With no data option the app trains and tests on real photographs shipped inside the "
              "scikit-image wheel (see apps/sr/data.py).")
 
+#: Distiller's knowledge-distillation options and what does their job here.
+_IN_SCHEDULE = "in the --compress schedule's distillers section"
+DISTILLER_KD_OPTIONS: dict[tuple[str, ...], str] = {
+    ("--kd-temp", "--kd-temperature", "--kd_temp"): f"`temperature:` {_IN_SCHEDULE} (with output_loss: kl)",
+    ("--kd-student-wt", "--kd-sw", "--kd_student_wt"): f"`student_weight:` {_IN_SCHEDULE}",
+    ("--kd-distill-wt", "--kd-dw", "--kd_distill_wt"): f"`distill_weight:` {_IN_SCHEDULE}",
+    ("--kd-start-epoch", "--kd_start_epoch"): "the `starting_epoch:` of the schedule's distiller policy",
+    ("--kd-teacher-wt", "--kd-tw"): "not needed: the teacher is frozen (Distiller required 0 as well)",
+    ("--kd-resume", "--kd-pretrained"): "--kd_teacher CHECKPOINT (a train.py checkpoint holds the teacher's "
+                                        "architecture and weights)",
+}
+
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Shows an option's default unless it is None or the help already says it."""
@@ -49,6 +61,18 @@ def _positive(kind: type) -> Callable[[str], int | float]:
 
     check.__name__ = f"positive {kind.__name__}"
     return check
+
+
+class _InSchedule(argparse.Action):
+    """A Distiller KD option: refused with the schedule key that does its job here."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, key: str = "", **kwargs):
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+        self.key = key
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise UserError(f"{option_string} is Distiller's option; here it is {self.key} "
+                        "(see README: Knowledge distillation)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -91,6 +115,12 @@ class TrainOptions:
         g.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
         g.add_argument("--compress", default=None, metavar="YAML",
                        help="compression schedule, e.g. schedules/sr/agp_prune.yaml (default: dense training)")
+        g.add_argument("--kd_teacher", "--kd-teacher", default=None, metavar="CKPT",
+                       help="distil from this checkpoint of the app (train.py; thinned or quantized too): its model "
+                            "is rebuilt and is the teacher a --compress schedule names with `teacher: teacher` "
+                            "(e.g. schedules/sr/kd_edsr_teacher.yaml); `teacher: self` needs no checkpoint")
+        for flags, key in DISTILLER_KD_OPTIONS.items():
+            g.add_argument(*flags, action=_InSchedule, key=key, dest=f"distiller_{flags[0][2:].replace('-', '_')}")
         g = p.add_argument_group("run")
         g.add_argument("--save", default=None, metavar="RUN",
                        help="run name, not a path: checkpoints go to <checkpoint_dir>/<RUN>/ (latest.pth, "
@@ -138,6 +168,12 @@ class TrainOptions:
         if opt.compress and not Path(opt.compress).is_file():
             raise UserError(f"--compress: schedule file '{opt.compress}' does not exist; see schedules/sr/ "
                             f"for the shipped ones")
+        if opt.kd_teacher and not opt.compress:
+            raise UserError("--kd_teacher needs a --compress schedule whose distillers section names "
+                            "`teacher: teacher`, e.g. --compress schedules/sr/kd_edsr_teacher.yaml")
+        if opt.kd_teacher and not Path(opt.kd_teacher).is_file():
+            raise UserError(f"--kd_teacher: checkpoint '{opt.kd_teacher}' does not exist; give a checkpoint written "
+                            "by train.py (checkpoints/<run>/best.pth)")
         if opt.save is None:
             schedule = Path(opt.compress).stem if opt.compress else "dense"
             opt.save = f"{opt.model}_x{opt.upscale_factor}_{schedule}_{time.strftime('%Y%m%d-%H%M%S')}"

@@ -29,10 +29,13 @@ from apputils.execution_env import FILE_ONLY, RunEnv, UserError, log_env_info, s
 
 from .evaluation import evaluate, mean_scores, model_input, resolve_device
 from .models import MODELS, build_model
+from .teacher import OtherInputTeacher
 
 log = logging.getLogger(__name__)
 
 APP = "SR"
+#: The name a schedule's distiller uses for the --kd_teacher model (`teacher: teacher`).
+KD_TEACHER = "teacher"
 
 
 def arch_of(opt: argparse.Namespace) -> dict[str, Any]:
@@ -135,9 +138,39 @@ class Trainer:
     def _dummy(self, model: nn.Module) -> torch.Tensor:
         return dummy_input(self.opt.upscale_factor, getattr(model, "INPUT_KIND", "bicubic"), self.device)
 
+    def teachers(self) -> dict[str, nn.Module]:
+        """{KD_TEACHER: the --kd_teacher checkpoint's model} for the schedule's distillers ({} without one).
+
+        The model is rebuilt as the checkpoint's schedule left it (thinned, quantized); a teacher taking the
+        other input kind than the model (EDSR's LR image for C2SRCNN's bicubic one) is fed through
+        OtherInputTeacher.
+        """
+        path = self.opt.kd_teacher
+        if not path:
+            return {}
+        ckpt = load_checkpoint(path, APP)
+        scale = int(ckpt["arch"]["kwargs"].get("upscale_factor", 2))
+        if scale != self.opt.upscale_factor:
+            raise UserError(f"--kd_teacher '{path}' is a x{scale} model and this run trains x{self.opt.upscale_factor}; "
+                            "give a teacher trained for the same scale")
+        kind = arch_input_kind(ckpt["arch"]["name"])
+        teacher, _, _ = rebuild_model(ckpt, build_model, device=self.device,
+                                      dummy_input=dummy_input(scale, kind, self.device))
+        student_kind = MODELS[self.opt.model].INPUT_KIND
+        log.info("distillation teacher '%s': %s from %s (epoch %s)", KD_TEACHER, ckpt["arch"]["name"], path,
+                 ckpt.get("epoch"))
+        return {KD_TEACHER: teacher.eval() if kind == student_kind else OtherInputTeacher(teacher, scale, student_kind)}
+
+    def _check_teacher_used(self, teachers: dict[str, nn.Module]) -> None:
+        sched = self.compression_scheduler
+        if teachers and not any(getattr(p.component, "teacher_name", None) == KD_TEACHER for p in sched.policies):
+            raise UserError(f"--kd_teacher was given but the schedule has no distiller with `teacher: {KD_TEACHER}`; "
+                            "add a distillers section (see schedules/sr/kd_edsr_teacher.yaml) or leave --kd_teacher out")
+
     def build_model(self) -> None:
         """Model, loss (MSE), optimizer (Adam) and the compression scheduler; restored when resuming."""
         self.criterion = nn.MSELoss()
+        teachers = self.teachers()
         if self.opt.resume:
             ckpt = load_checkpoint(self.opt.resume, APP)
             latest = self.run_dir / "latest.pth"
@@ -148,7 +181,7 @@ class Trainer:
             kind = arch_input_kind(ckpt["arch"]["name"])
             self.model, self.compression_scheduler, self.optimizer = rebuild_model(
                 ckpt, build_model, optimizer_factory=self._optimizer, device=self.device,
-                dummy_input=dummy_input(self.opt.upscale_factor, kind, self.device))
+                dummy_input=dummy_input(self.opt.upscale_factor, kind, self.device), teachers=teachers)
             self.epoch = int(ckpt["epoch"])
             self.start_epoch = self.epoch + 1
             self.best_metric = float(ckpt.get("best_metric", -math.inf))
@@ -169,7 +202,8 @@ class Trainer:
             import compress
 
             self.compression_scheduler = compress.file_config(self.model, self.optimizer, self.opt.compress,
-                                                              dummy_input=self._dummy(self.model))
+                                                              dummy_input=self._dummy(self.model), teachers=teachers)
+            self._check_teacher_used(teachers)
 
     # -- one epoch --------------------------------------------------------------------------------
     def train(self, epoch: int, compression_scheduler: Any = None) -> float:

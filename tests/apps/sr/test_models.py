@@ -73,6 +73,6 @@ def test_shipped_schedules_load(name):
     model = C2SRCNN()
     opt = torch.optim.Adam(model.parameters())
     sched = compress.file_config(model, opt, str(ROOT / "schedules" / "sr" / name),
-                                 dummy_input=torch.zeros(1, 1, 32, 32))
+                                 dummy_input=torch.zeros(1, 1, 32, 32), teachers={"teacher": C2SRCNN()})
     assert sched.schedule["policies"]
     assert (ROOT / "schedules" / "sr" / name).read_text().startswith("#")
