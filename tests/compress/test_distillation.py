@@ -306,7 +306,9 @@ def test_a_self_teacher_resumes_across_thinning(kd_start):
 def test_without_an_optimizer_distillers_are_checked_not_built():
     model = Plain()
     sched = compress.dict_config(model, None, kd_schedule(teacher="not_passed"))
-    assert sched.policies == []
+    assert [(p.kind, type(p.component).__name__) for p in sched.policies] == [("distiller", "Inactive")]
+    loss = torch.ones(())
+    assert sched.before_backward_pass(0, 0, 1, loss) is loss  # inactive: adds nothing
     with pytest.raises(ScheduleError, match="unknown argument 'temprature'"):
         compress.dict_config(model, None, kd_schedule(temprature=2.0))
 

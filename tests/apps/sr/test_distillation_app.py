@@ -64,7 +64,7 @@ def test_a_thinned_checkpoint_teaches_another_input_kind_and_the_run_resumes_exa
         assert torch.equal(value, resumed["model"][name]), name
 
     topt = argparse.Namespace(optform="SR", device="cpu", threads=0, seed=1, logdir="logs",
-                              model="checkpoints/full/latest.pth", testdata="imgs", upscale_factor=2, save="full",
+                              model="checkpoints/full/latest.pth", testdata="imgs", upscale_factor=2, save="full", results_dir="results",
                               reports=False, sense_type="element")
     result = Tester(topt, build_test_loader(topt)).run(topt)  # no teacher needed to test
     assert math.isfinite(result["metrics"]["psnr"])
