@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from apps.common.solver import resolve_device
+
 from .metrics import psnr, ssim, to_uint8
 from .models import input_kind
 
@@ -23,13 +25,6 @@ class ImageScore:
     bicubic_psnr: float
     bicubic_ssim: float
     loss: float
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is refused by the caller's options."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def model_input(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -89,3 +84,6 @@ def mean_scores(scores: list[ImageScore]) -> dict[str, float]:
                 "bicubic_psnr": float("nan"), "bicubic_ssim": float("nan")}
     return {key: float(np.mean([getattr(s, key) for s in scores]))
             for key in ("psnr", "ssim", "loss", "bicubic_psnr", "bicubic_ssim")}
+
+
+__all__ = ["ImageScore", "evaluate", "mean_scores", "model_input", "resolve_device"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-import apps.sr.test_solver as test_solver_mod
+from apps.common.options import RESULTS_ROOT
 from apps.sr import Tester, Trainer, build_test_loader, build_train_loaders
 from apps.sr.data import embedded_dir, load_rgb
 
@@ -95,7 +95,7 @@ def test_tester_reports_get_the_same_scores_as_the_test(data, monkeypatch):
     tester = Tester(topt, build_test_loader(topt))
     result = tester.run(topt)
     assert result["reports"] == {"summary": "ok"} and seen["sense_type"] == "filter"
-    assert seen["out"] == test_solver_mod.RESULTS_ROOT / "unit" / "reports" and seen["shape"] == (1, 1, 64, 64)
+    assert seen["out"] == RESULTS_ROOT / "unit" / "reports" and seen["shape"] == (1, 1, 64, 64)
     for key in ("psnr", "ssim"):
         assert seen["metrics"][key] == pytest.approx(result["metrics"][key], abs=1e-9)
     rows = (data / "results/unit/metrics.csv").read_text().splitlines()

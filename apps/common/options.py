@@ -1,0 +1,131 @@
+"""Command-line pieces every app's options share: the common flags, run names, resuming a run.
+
+An app builds its own argparse parser (its model and data flags), adds `add_common`, and settles the
+run with `settle_new_run` or `resume_options`, so every app names, archives and resumes runs the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from apputils.execution_env import UserError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_ROOT = Path("checkpoints")
+RESULTS_ROOT = Path("results")
+
+#: Options a resumed run may change; every other option comes from the checkpoint.
+RESUME_MAY_CHANGE = ("resume", "nEpochs", "device", "threads", "print_freq", "logdir", "given")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default unless it is None or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def positive(kind: type) -> Callable[[str], int | float]:
+    """An argparse type: `kind` (int or float) greater than zero."""
+    def check(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {kind.__name__}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    check.__name__ = f"positive {kind.__name__}"
+    return check
+
+
+def add_common(p: argparse.ArgumentParser, optform_help: str) -> None:
+    """--optform (first), --device, --threads, --seed, --logdir."""
+    p.add_argument("--optform", required=True, metavar="APP", help=optform_help)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to run; auto = cuda when present, else cpu")
+    p.add_argument("--threads", type=int, default=0,
+                   help="data loader worker processes (0 = load in the main process)")
+    p.add_argument("--seed", type=int, default=123, help="random seed")
+    p.add_argument("--logdir", default="logs", help="log folder; a run logs to <logdir>/<run>/<run>.log "
+                   "and writes TensorBoard events beside it")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse `argv`, refuse --device cuda without CUDA, and record in `given` which options the user typed."""
+    opt = parser.parse_args(argv)
+    if opt.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was given but no CUDA device is available; use --device cpu or auto")
+    # which options the user typed, so a resumed run can tell a deliberate change from a default
+    probe = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            if action.nargs == 0:
+                probe.add_argument(*action.option_strings, action="store_true", dest=action.dest)
+            else:
+                probe.add_argument(*action.option_strings, dest=action.dest)
+    given, _ = probe.parse_known_args(argv)
+    opt.given = sorted(vars(given))
+    return opt
+
+
+def resume_options(opt: argparse.Namespace, saved: dict[str, Any],
+                   may_change: Sequence[str] = RESUME_MAY_CHANGE) -> argparse.Namespace:
+    """A resumed run's options: the checkpoint's `saved` options, except those in `may_change` the user typed."""
+    for key, value in saved.items():
+        if key in ("resume", "given") or not hasattr(opt, key):
+            continue
+        if key in may_change:
+            if key not in opt.given:
+                setattr(opt, key, value)
+            continue
+        if key in opt.given and getattr(opt, key) != value:
+            log.warning("--%s %s ignored: a resumed run keeps its checkpoint's value %r",
+                        key, getattr(opt, key), value)
+        setattr(opt, key, value)
+    return opt
+
+
+def settle_new_run(opt: argparse.Namespace, prefix: str, schedules: str) -> argparse.Namespace:
+    """Check --compress exists, name the run (<prefix>_<schedule>_<time> unless --save), archive an old one."""
+    if opt.compress and not Path(opt.compress).is_file():
+        raise UserError(f"--compress: schedule file '{opt.compress}' does not exist; see {schedules} "
+                        f"for the shipped ones")
+    if opt.save is None:
+        schedule = Path(opt.compress).stem if opt.compress else "dense"
+        opt.save = f"{prefix}_{schedule}_{time.strftime('%Y%m%d-%H%M%S')}"
+    check_run_name(opt.save)
+    for folder in (CHECKPOINT_ROOT / opt.save, Path(opt.logdir) / opt.save):
+        archive(folder)
+    return opt
+
+
+def check_run_name(name: str) -> None:
+    """Refuse a --save that is not a plain folder name."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise UserError(f"--save '{name}' is not a usable run name; give a plain folder name such as 'demo'")
+
+
+def archive(folder: Path) -> Path | None:
+    """Move an existing run folder aside to <folder>_archived_<time> (BasicSR's habit); returns the new path."""
+    if not folder.exists():
+        return None
+    target = folder.with_name(f"{folder.name}_archived_{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while target.exists():
+        target = folder.with_name(f"{folder.name}_archived_{time.strftime('%Y%m%d-%H%M%S')}_{n}")
+        n += 1
+    folder.rename(target)
+    log.warning("'%s' already existed: moved it to '%s'", folder, target)
+    return target
