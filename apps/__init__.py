@@ -66,3 +66,4 @@ def optform(argv: Sequence[str]) -> str:
 
 
 register_app("SR", "apps.sr")
+register_app("Deblur", "apps.deblur")

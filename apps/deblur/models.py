@@ -72,6 +72,9 @@ class ResnetGenerator(nn.Module):
                        norm_layer(norm, c // 2, affine), nn.ReLU()]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, in_channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
+        tail = self.model[-2]
+        nn.init.normal_(tail.weight, std=1e-4)  # an untrained generator returns its input: it learns the residual
+        nn.init.zeros_(tail.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2], x.shape[-1]
@@ -100,9 +103,10 @@ class NLayerDiscriminator(nn.Module):
         return self.model(x)
 
 
-#: --model name -> generator constructor arguments (the other options fill in what a preset leaves out)
+#: --model name -> generator constructor arguments (--ngf / --n_blocks / --dropout / --norm override them)
 PRESETS: dict[str, dict[str, Any]] = {
-    "DeblurGAN": {"ngf": 64, "n_blocks": 9},
+    "DeblurGAN-CPU": {"ngf": 16, "n_blocks": 9, "dropout": 0.0},
+    "DeblurGAN": {"ngf": 64, "n_blocks": 9, "dropout": 0.5},
 }
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from apps.common.evaluation import dataset_cache
 from apps.common.solver import resolve_device
 
 from .metrics import psnr, ssim, to_uint8
@@ -32,19 +33,6 @@ def model_input(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.
     return batch["bicubic" if input_kind(model) == "bicubic" else "lr"].to(device)
 
 
-def _baseline_cache(loader: DataLoader) -> dict[tuple[str, int], tuple[float, float]]:
-    """Bicubic scores by (image, border), kept on the dataset object (fresh dict per dataset)."""
-    dataset = loader.dataset
-    cache = getattr(dataset, "_bicubic_scores", None)
-    if cache is None:
-        cache = {}
-        try:
-            dataset._bicubic_scores = cache
-        except AttributeError:  # a dataset that takes no attributes: no caching
-            pass
-    return cache
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, border: int,
              on_image: Callable[[dict, np.ndarray], None] | None = None) -> list[ImageScore]:
@@ -55,7 +43,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, border:
     was_training = model.training
     model.eval()
     scores: list[ImageScore] = []
-    cache = _baseline_cache(loader)
+    cache = dataset_cache(loader, "_bicubic_scores")
     try:
         for batch in loader:
             out = model(model_input(model, batch, device)).float().cpu()
