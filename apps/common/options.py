@@ -62,6 +62,50 @@ def add_common(p: argparse.ArgumentParser, optform_help: str) -> None:
                    "and writes TensorBoard events beside it")
 
 
+def add_loop_options(g: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--batchSize, --testBatchSize, --nEpochs, --iters_per_epoch: the training loop's size."""
+    g.add_argument("--batchSize", type=positive(int), default=16, help="training batch size")
+    g.add_argument("--testBatchSize", type=positive(int), default=1,
+                   help="validation batch size (whole images of one size only when > 1)")
+    g.add_argument("--nEpochs", type=positive(int), default=8, help="number of epochs")
+    g.add_argument("--iters_per_epoch", type=positive(int), default=150,
+                   help="minibatches per epoch (random crops, so any number works)")
+
+
+def add_run_options(p: argparse.ArgumentParser, default_name: str) -> None:
+    """The "run" group: --save (default `default_name`), --resume, --print_freq."""
+    g = p.add_argument_group("run")
+    g.add_argument("--save", default=None, metavar="RUN",
+                   help="run name: checkpoints go to checkpoints/<RUN>/ (latest.pth, best.pth), logs to "
+                        f"<logdir>/<RUN>/ (default: {default_name}); an existing run "
+                        "of that name is moved aside to <RUN>_archived_<time>, never overwritten")
+    g.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue the run of this checkpoint (its options are kept; --nEpochs, "
+                        "--device, --threads, --print_freq may change)")
+    g.add_argument("--print_freq", type=positive(int), default=10,
+                   help="minibatches between loss logs / TensorBoard points")
+
+
+def add_test_options(p: argparse.ArgumentParser) -> None:
+    """test.py's --model (a checkpoint), --save, --reports, --sense_type."""
+    p.add_argument("--model", required=True, metavar="CKPT",
+                   help="checkpoint written by train.py (checkpoints/<run>/best.pth)")
+    p.add_argument("--save", default=None, metavar="RUN",
+                   help="results go to results/<RUN>/ (default: the checkpoint's run name)")
+    p.add_argument("--reports", action="store_true",
+                   help="also write sensitivity / sparsity / MACs / ONNX reports into results/<RUN>/reports/")
+    p.add_argument("--sense_type", default="element", choices=["element", "filter", "channel"],
+                   help="sensitivity analysis granularity for --reports")
+
+
+def settle_test_run(opt: argparse.Namespace, ckpt: dict[str, Any]) -> argparse.Namespace:
+    """A test's run name: --save, else the checkpoint's run (else its folder's name)."""
+    if opt.save is None:
+        opt.save = str(ckpt.get("run") or Path(opt.model).resolve().parent.name)
+    check_run_name(opt.save)
+    return opt
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse `argv`, refuse --device cuda without CUDA, and record in `given` which options the user typed."""
     opt = parser.parse_args(argv)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from apputils.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from apputils.execution_env import FILE_ONLY, RunEnv, UserError, log_env_info, setup_run
@@ -42,6 +43,20 @@ def layer_sparsity(model: nn.Module) -> dict[str, float]:
 def nonzero_parameters(model: nn.Module) -> int:
     """Number of non-zero parameters (what pruning and thinning reduce)."""
     return int(sum(int((p != 0).sum()) for p in model.parameters()))
+
+
+def score_table(title: str, baseline: str, model: str, rows: list[tuple[str, float, float, float, float]],
+                mean: tuple[float, float, float, float]) -> str:
+    """test.py's table: per image (name, baseline PSNR, SSIM, model PSNR, SSIM) and the mean, with the gain."""
+    head = f"{'image':<16}{baseline + ' PSNR':>{len(baseline) + 7}}{'SSIM':>8}{model + ' PSNR':>{len(model) + 8}}" \
+           f"{'SSIM':>8}{'gain dB':>9}"
+    widths = (len(baseline) + 7, len(model) + 8)
+
+    def line(name: str, bp: float, bs: float, p: float, s: float) -> str:
+        return f"{name:<16}{bp:>{widths[0]}.3f}{bs:>8.4f}{p:>{widths[1]}.3f}{s:>8.4f}{p - bp:>+9.3f}"
+
+    lines = [title, head, "-" * len(head), *(line(*r) for r in rows), "-" * len(head), line("mean", *mean)]
+    return "\n".join(lines)
 
 
 class AppTrainer:
@@ -144,6 +159,47 @@ class AppTrainer:
                 "best_key": list(self.best_key) if self.best_key else None,
                 "global_step": self.global_step, "history": self.history,
                 "options": options, "rng": rng_states(), "run": self.opt.save}
+
+    # -- the training loop's shared steps ----------------------------------------------------------
+    def epoch_bar(self, epoch: int) -> tqdm:
+        """The training batches of `epoch` (the data set's random crops of that epoch) behind a progress bar."""
+        dataset = self.training_loader.dataset
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        return tqdm(self.training_loader, total=len(self.training_loader), desc=f"epoch {epoch + 1}/{self.opt.nEpochs}",
+                    leave=False, dynamic_ncols=True, mininterval=0.5)
+
+    def optimizer_step(self, epoch: int, i: int, n: int, loss: torch.Tensor, sched: Any
+                       ) -> tuple[float, dict[str, torch.Tensor]]:
+        """self.optimizer's step on `loss` inside the scheduler's hooks (regularizer terms added, masks kept);
+        returns the loss value and the schedule's loss terms. A loss that is not finite stops the run."""
+        optimizer, parts = self.optimizer, {}
+        if sched is not None:
+            loss, parts = sched.before_backward_pass(epoch, i, n, loss, optimizer, return_loss_components=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if sched is not None:
+            sched.before_parameter_optimization(epoch, i, n, optimizer)
+        optimizer.step()
+        if sched is not None:
+            sched.on_minibatch_end(epoch, i, n, optimizer)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise UserError(f"the training loss became {value} at epoch {epoch}, minibatch {i}; "
+                            f"lower --lr (now {self.opt.lr}) or check the schedule's regularizers")
+        self.global_step += 1
+        return value, parts
+
+    def log_step(self, bar: tqdm, epoch: int, i: int, n: int, value: float, terms: dict[str, float]) -> None:
+        """Every --print_freq minibatches: the loss (and its terms) to the bar, the log file and TensorBoard."""
+        if i % self.opt.print_freq and i != n - 1:
+            return
+        bar.set_postfix(loss=f"{value:.5f}")
+        log.info("epoch %d [%d/%d] loss %.6f%s", epoch, i + 1, n, value,
+                 "".join(f" {k} {v:.5f}" for k, v in terms.items()), extra=FILE_ONLY)
+        self.env.writer.add_scalar("train/loss", value, self.global_step)
+        for key, term in terms.items():
+            self.env.writer.add_scalar(f"train/{key}", term, self.global_step)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, metrics: dict[str, float] | None = None) -> bool:

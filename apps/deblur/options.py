@@ -9,11 +9,14 @@ from pathlib import Path
 from apps.common.options import (
     HelpFormatter,
     add_common,
-    check_run_name,
+    add_loop_options,
+    add_run_options,
+    add_test_options,
     parse_args,
     positive,
     resume_options,
     settle_new_run,
+    settle_test_run,
 )
 from apputils.checkpoint import load_checkpoint
 from apputils.execution_env import UserError
@@ -84,12 +87,7 @@ class TrainOptions:
         g.add_argument("--crop_size", type=positive(int), default=64, help="training crop size (pixels)")
         _blur_options(g, from_checkpoint=False)
         g = p.add_argument_group("optimisation")
-        g.add_argument("--batchSize", type=positive(int), default=16, help="training batch size")
-        g.add_argument("--testBatchSize", type=positive(int), default=1,
-                       help="validation batch size (whole images of one size only when > 1)")
-        g.add_argument("--nEpochs", type=positive(int), default=8, help="number of epochs")
-        g.add_argument("--iters_per_epoch", type=positive(int), default=150,
-                       help="minibatches per epoch (random crops, so any number works)")
+        add_loop_options(g)
         g.add_argument("--lr", type=positive(float), default=1e-3,
                        help="Adam learning rate of the generator and the critic (DeblurGAN: 1e-4)")
         g.add_argument("--decay_epochs", type=int, default=None,
@@ -111,16 +109,7 @@ class TrainOptions:
         g.add_argument("--critic_iters", type=positive(int), default=5, help="critic updates per generator update")
         g.add_argument("--gp_weight", type=_non_negative, default=10.0, help="WGAN-GP gradient penalty weight")
         g.add_argument("--ndf", type=positive(int), default=32, help="critic filters in its first layer (paper: 64)")
-        g = p.add_argument_group("run")
-        g.add_argument("--save", default=None, metavar="RUN",
-                       help="run name: checkpoints go to checkpoints/<RUN>/ (latest.pth, best.pth), logs to "
-                            "<logdir>/<RUN>/ (default: <model>_<schedule>_<time>); an existing run of that "
-                            "name is moved aside to <RUN>_archived_<time>, never overwritten")
-        g.add_argument("--resume", default=None, metavar="CKPT",
-                       help="continue the run of this checkpoint (its options are kept; --nEpochs, "
-                            "--device, --threads, --print_freq may change)")
-        g.add_argument("--print_freq", type=positive(int), default=10,
-                       help="minibatches between loss logs / TensorBoard points")
+        add_run_options(p, "<model>_<schedule>_<time>")
         self.parser = p
 
     def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -149,18 +138,11 @@ class TestOptions:
                         "beside the blurred input's, deblurred images, and optionally the reports.\n" + DEMO_NOTE,
             epilog="example:\n  python test.py --optform=Deblur --model=checkpoints/<run>/best.pth --reports")
         add_common(p, OPTFORM_HELP)
-        p.add_argument("--model", required=True, metavar="CKPT",
-                       help="checkpoint written by train.py (checkpoints/<run>/best.pth)")
+        add_test_options(p)
         p.add_argument("--testdata", default=None, metavar="DIR",
                        help="test pairs: GoPro scenes, blur/ + sharp/ folders, or side-by-side A|B images "
                             "(default: the embedded test photographs with synthetic blur)")
         _blur_options(p, from_checkpoint=True)
-        p.add_argument("--save", default=None, metavar="RUN",
-                       help="results go to results/<RUN>/ (default: the checkpoint's run name)")
-        p.add_argument("--reports", action="store_true",
-                       help="also write sensitivity / sparsity / MACs / ONNX reports into results/<RUN>/reports/")
-        p.add_argument("--sense_type", default="element", choices=["element", "filter", "channel"],
-                       help="sensitivity analysis granularity for --reports")
         self.parser = p
 
     def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -172,7 +154,4 @@ class TestOptions:
             opt.blur_size = int(saved.get("blur_size", DEFAULT_BLUR_SIZE))
         if opt.noise is None:
             opt.noise = float(saved.get("noise", DEFAULT_NOISE))
-        if opt.save is None:
-            opt.save = str(ckpt.get("run") or Path(opt.model).resolve().parent.name)
-        check_run_name(opt.save)
-        return opt
+        return settle_test_run(opt, ckpt)

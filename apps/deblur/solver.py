@@ -13,15 +13,14 @@ import argparse
 import logging
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from apps.common.solver import AppTrainer, nonzero_parameters
 from apputils.checkpoint import rebuild_model
-from apputils.execution_env import FILE_ONLY, UserError
 
 from .evaluation import evaluate, mean_scores
 from .losses import PerceptualLoss, gradient_penalty
@@ -76,6 +75,39 @@ def frozen(module: nn.Module):
             p.requires_grad_(flag)
 
 
+@dataclass
+class Adversary:
+    """The WGAN-GP critic and its optimizer: trains on (sharp, deblurred) batches, scores the generator."""
+
+    critic: nn.Module
+    optimizer: torch.optim.Optimizer
+    iters: int = 5
+    gp_weight: float = 10.0
+
+    def train_critic(self, sharp: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        """`iters` critic steps on this batch (WGAN loss + gradient penalty); its last losses."""
+        fake = fake.detach()
+        for _ in range(self.iters):
+            distance = self.critic(sharp).mean() - self.critic(fake).mean()
+            penalty = gradient_penalty(self.critic, sharp, fake)
+            loss = -distance + self.gp_weight * penalty
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        return {"critic": float(loss.detach()), "wasserstein": float(distance.detach()),
+                "gradient_penalty": float(penalty.detach())}
+
+    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        """The adversarial loss of the generator: minus the critic's mean score (the critic is not updated)."""
+        with frozen(self.critic):
+            return -self.critic(fake).mean()
+
+
+def adam(model: nn.Module, lr: float, adversarial: bool) -> torch.optim.Optimizer:
+    """DeblurGAN's Adam (beta1 0.5) for adversarial training; Adam's default betas without a critic."""
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999) if adversarial else (0.9, 0.999))
+
+
 class Trainer(AppTrainer):
     """Trains a DeblurGAN generator (and its critic): `Trainer(config, training_loader, validation_loader).run()`."""
 
@@ -84,15 +116,15 @@ class Trainer(AppTrainer):
     def __init__(self, config: argparse.Namespace, training_loader: Any, validation_loader: Any):
         super().__init__(config, training_loader, validation_loader)
         self.arch: dict[str, Any] = {}
-        self.critic: nn.Module | None = None
-        self.critic_optimizer: torch.optim.Optimizer | None = None
+        self.adversary: Adversary | None = None
         self.content_loss: nn.Module | None = None
 
     # -- model ------------------------------------------------------------------------------------
     def _adam(self, model: nn.Module) -> torch.optim.Optimizer:
-        # DeblurGAN's Adam (beta1 0.5) for adversarial training; Adam's default without a critic
-        betas = (0.5, 0.999) if self.opt.gan != "off" else (0.9, 0.999)
-        return torch.optim.Adam(model.parameters(), lr=self.opt.lr, betas=betas)
+        return adam(model, self.opt.lr, self.opt.gan != "off")
+
+    def _adversary(self, critic: nn.Module, optimizer: torch.optim.Optimizer) -> Adversary:
+        return Adversary(critic, optimizer, self.opt.critic_iters, self.opt.gp_weight)
 
     def build_model(self) -> None:
         """Generator (+ scheduler), critic, both optimizers and the content loss; restored when resuming."""
@@ -106,8 +138,9 @@ class Trainer(AppTrainer):
                 dummy_input=dummy_input(self.device))
             record = (ckpt.get("networks") or {}).get("critic")
             if record is not None:
-                self.critic, _, self.critic_optimizer = rebuild_model(record, build_critic,
-                                                                      optimizer_factory=self._adam, device=self.device)
+                critic, _, optimizer = rebuild_model(record, build_critic, optimizer_factory=self._adam,
+                                                     device=self.device)
+                self.adversary = self._adversary(critic, optimizer)
             self.restore_progress(ckpt)
             return
         torch.manual_seed(self.opt.seed)
@@ -116,8 +149,8 @@ class Trainer(AppTrainer):
         self.optimizer = self._adam(self.model)
         if self.opt.gan != "off":
             arch = critic_arch(self.opt)
-            self.critic = build_critic(arch["name"], arch["kwargs"]).to(self.device)
-            self.critic_optimizer = self._adam(self.critic)
+            critic = build_critic(arch["name"], arch["kwargs"]).to(self.device)
+            self.adversary = self._adversary(critic, self._adam(critic))
         if self.opt.compress:
             import compress
 
@@ -127,7 +160,7 @@ class Trainer(AppTrainer):
     def _set_lr(self, epoch: int) -> None:
         factor = lr_factor(epoch, self.opt.nEpochs, self.opt.decay_epochs)
         sched = self.compression_scheduler
-        optimizers = [self.critic_optimizer]
+        optimizers = [self.adversary.optimizer if self.adversary is not None else None]
         if sched is None or not sched.schedule.get("lr_schedulers"):
             optimizers.append(self.optimizer)
         for optimizer in optimizers:
@@ -136,72 +169,33 @@ class Trainer(AppTrainer):
                     group["lr"] = self.opt.lr * factor
 
     # -- one epoch --------------------------------------------------------------------------------
-    def _critic_steps(self, sharp: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-        """`critic_iters` WGAN-GP steps of the critic on this batch; its last losses."""
-        fake = fake.detach()
-        for _ in range(self.opt.critic_iters):
-            distance = self.critic(sharp).mean() - self.critic(fake).mean()
-            penalty = gradient_penalty(self.critic, sharp, fake)
-            loss = -distance + self.opt.gp_weight * penalty
-            self.critic_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.critic_optimizer.step()
-        return {"critic": float(loss.detach()), "wasserstein": float(distance.detach()),
-                "gradient_penalty": float(penalty.detach())}
-
     def train(self, epoch: int, compression_scheduler: Any = None) -> float:
         """One epoch over the training loader with the scheduler's hooks; returns the mean generator loss."""
-        model, optimizer, sched = self.model, self.optimizer, compression_scheduler
+        model, sched = self.model, compression_scheduler
         model.train()
-        if self.critic is not None:
-            self.critic.train()
+        if self.adversary is not None:
+            self.adversary.critic.train()
         self._set_lr(epoch)
-        dataset = self.training_loader.dataset
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
         n = len(self.training_loader)
-        total, count = 0.0, 0
-        bar = tqdm(self.training_loader, total=n, desc=f"epoch {epoch + 1}/{self.opt.nEpochs}",
-                   leave=False, dynamic_ncols=True, mininterval=0.5)
+        total = 0.0
+        bar = self.epoch_bar(epoch)
         for i, batch in enumerate(bar):
             blur, sharp = batch["blur"].to(self.device), batch["sharp"].to(self.device)
             if sched is not None:
-                sched.on_minibatch_begin(epoch, i, n, optimizer)
+                sched.on_minibatch_begin(epoch, i, n, self.optimizer)
             fake = model(blur)
             terms = {"content": self.content_loss(fake, sharp)}
             logged: dict[str, float] = {}
-            if self.critic is not None:
-                logged = self._critic_steps(sharp, fake)
-                with frozen(self.critic):
-                    terms["adversarial"] = -self.critic(fake).mean()
+            if self.adversary is not None:
+                logged = self.adversary.train_critic(sharp, fake)
+                terms["adversarial"] = self.adversary.generator_loss(fake)
             loss = self.opt.content_weight * terms["content"] + terms.get("adversarial", 0.0)
-            if sched is not None:
-                loss, parts = sched.before_backward_pass(epoch, i, n, loss, optimizer, return_loss_components=True)
-                terms.update(parts)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if sched is not None:
-                sched.before_parameter_optimization(epoch, i, n, optimizer)
-            optimizer.step()
-            if sched is not None:
-                sched.on_minibatch_end(epoch, i, n, optimizer)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise UserError(f"the training loss became {value} at epoch {epoch}, minibatch {i}; "
-                                f"lower --lr (now {self.opt.lr}) or check the schedule's regularizers")
+            value, parts = self.optimizer_step(epoch, i, n, loss, sched)
             total += value
-            count += 1
-            self.global_step += 1
-            if i % self.opt.print_freq == 0 or i == n - 1:
-                logged.update({k: float(v.detach()) for k, v in terms.items()})
-                bar.set_postfix(loss=f"{value:.4f}")
-                log.info("epoch %d [%d/%d] loss %.5f %s", epoch, i + 1, n, value,
-                         " ".join(f"{k} {v:.5f}" for k, v in logged.items()), extra=FILE_ONLY)
-                self.env.writer.add_scalar("train/loss", value, self.global_step)
-                for key, term in logged.items():
-                    self.env.writer.add_scalar(f"train/{key}", term, self.global_step)
+            self.log_step(bar, epoch, i, n, value,
+                          {**logged, **{k: float(v.detach()) for k, v in {**terms, **parts}.items()}})
         bar.close()
-        return total / max(count, 1)
+        return total / max(n, 1)
 
     def validate(self) -> dict[str, float]:
         """Mean RGB PSNR / SSIM / MSE of the generator on the validation images (and the blurred input's)."""
@@ -211,9 +205,9 @@ class Trainer(AppTrainer):
     def checkpoint(self) -> dict[str, Any]:
         """Generator, its optimizer and the schedule, plus the critic with its optimizer under 'networks'."""
         networks = {}
-        if self.critic is not None:
-            networks["critic"] = {"arch": critic_arch(self.opt), "model": self.critic.state_dict(),
-                                  "optimizer": self.critic_optimizer.state_dict()}
+        if self.adversary is not None:
+            networks["critic"] = {"arch": critic_arch(self.opt), "model": self.adversary.critic.state_dict(),
+                                  "optimizer": self.adversary.optimizer.state_dict()}
         return {**self.progress(), "arch": self.arch, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "networks": networks}
 
@@ -237,8 +231,8 @@ class Trainer(AppTrainer):
         """Generator, critic, losses, schedule and device."""
         kwargs = ", ".join(f"{k}={v}" for k, v in self.arch["kwargs"].items())
         params = sum(p.numel() for p in self.model.parameters())
-        critic = (f"PatchGAN critic (ndf {self.opt.ndf}), WGAN-GP x{self.opt.critic_iters}" if self.critic is not None
-                  else "no critic (--gan off)")
+        critic = (f"PatchGAN critic (ndf {self.opt.ndf}), WGAN-GP x{self.opt.critic_iters}"
+                  if self.adversary is not None else "no critic (--gan off)")
         content = "VGG19 conv3_3" if self.opt.perceptual_weights else "L1"
         return (f"generator {self.opt.model} ({kwargs}): {params} parameters; {critic}; content loss {content} "
                 f"x{self.opt.content_weight:g}; schedule {self.opt.compress or 'none (dense)'}; device {self.device}")
@@ -251,4 +245,4 @@ class Trainer(AppTrainer):
                 f"(blurred input {blurred:.3f} dB), {nonzero_parameters(self.model)} non-zero generator parameters")
 
 
-__all__ = ["Trainer", "arch_of", "critic_arch", "dummy_input", "generator_kwargs", "lr_factor"]
+__all__ = ["Adversary", "Trainer", "adam", "arch_of", "critic_arch", "dummy_input", "generator_kwargs", "lr_factor"]

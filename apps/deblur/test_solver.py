@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from apps.common.metrics import psnr, ssim
-from apps.common.solver import AppTester, nonzero_parameters
+from apps.common.solver import AppTester, nonzero_parameters, score_table
 from apputils.checkpoint import load_checkpoint, rebuild_model
 
 from .evaluation import ImageScore, evaluate, mean_scores, rgb8
@@ -25,15 +25,10 @@ log = logging.getLogger(__name__)
 
 def format_table(scores: list[ImageScore]) -> str:
     """A plain-text table: one row per image and the mean, deblurred beside the blurred input."""
-    head = f"{'image':<16}{'blurred PSNR':>14}{'SSIM':>8}{'deblurred PSNR':>16}{'SSIM':>8}{'gain dB':>9}"
-    lines = ["deblurring, RGB PSNR / SSIM (8-bit values)", head, "-" * len(head)]
-    for s in scores:
-        lines.append(f"{s.name:<16}{s.blurred_psnr:>14.3f}{s.blurred_ssim:>8.4f}{s.psnr:>16.3f}{s.ssim:>8.4f}"
-                     f"{s.psnr - s.blurred_psnr:>+9.3f}")
     m = mean_scores(scores)
-    lines += ["-" * len(head), f"{'mean':<16}{m['blurred_psnr']:>14.3f}{m['blurred_ssim']:>8.4f}{m['psnr']:>16.3f}"
-              f"{m['ssim']:>8.4f}{m['psnr'] - m['blurred_psnr']:>+9.3f}"]
-    return "\n".join(lines)
+    return score_table("deblurring, RGB PSNR / SSIM (8-bit values)", "blurred", "deblurred",
+                       [(s.name, s.blurred_psnr, s.blurred_ssim, s.psnr, s.ssim) for s in scores],
+                       (m["blurred_psnr"], m["blurred_ssim"], m["psnr"], m["ssim"]))
 
 
 class Tester(AppTester):

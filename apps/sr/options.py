@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 from apps.common.options import (
     CHECKPOINT_ROOT,
@@ -12,12 +11,15 @@ from apps.common.options import (
     RESUME_MAY_CHANGE,
     HelpFormatter,
     add_common,
+    add_loop_options,
+    add_run_options,
+    add_test_options,
     archive,
-    check_run_name,
     parse_args,
     positive,
     resume_options,
     settle_new_run,
+    settle_test_run,
 )
 from apputils.checkpoint import load_checkpoint
 
@@ -49,25 +51,11 @@ class TrainOptions:
                        help="validation images (default: the validation split of --traindata)")
         g.add_argument("--crop_size", type=positive(int), default=32, help="HR training crop size (pixels)")
         g = p.add_argument_group("optimisation")
-        g.add_argument("--batchSize", type=positive(int), default=16, help="training batch size")
-        g.add_argument("--testBatchSize", type=positive(int), default=1,
-                       help="validation batch size (whole images of one size only when > 1)")
-        g.add_argument("--nEpochs", type=positive(int), default=8, help="number of epochs")
-        g.add_argument("--iters_per_epoch", type=positive(int), default=150,
-                       help="minibatches per epoch (random crops, so any number works)")
+        add_loop_options(g)
         g.add_argument("--lr", type=positive(float), default=1e-3, help="Adam learning rate")
         g.add_argument("--compress", default=None, metavar="YAML",
                        help="compression schedule, e.g. schedules/sr/agp_prune.yaml (default: dense training)")
-        g = p.add_argument_group("run")
-        g.add_argument("--save", default=None, metavar="RUN",
-                       help="run name: checkpoints go to checkpoints/<RUN>/ (latest.pth, best.pth), logs to "
-                            "<logdir>/<RUN>/ (default: <model>_x<scale>_<schedule>_<time>); an existing run "
-                            "of that name is moved aside to <RUN>_archived_<time>, never overwritten")
-        g.add_argument("--resume", default=None, metavar="CKPT",
-                       help="continue the run of this checkpoint (its options are kept; --nEpochs, "
-                            "--device, --threads, --print_freq may change)")
-        g.add_argument("--print_freq", type=positive(int), default=10,
-                       help="minibatches between loss logs / TensorBoard points")
+        add_run_options(p, "<model>_x<scale>_<schedule>_<time>")
         self.parser = p
 
     def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -90,18 +78,11 @@ class TestOptions:
                         "bicubic, SR images, and optionally the reports.\n" + DEMO_NOTE,
             epilog="example:\n  python test.py --optform=SR --model=checkpoints/<run>/best.pth --reports")
         add_common(p, OPTFORM_HELP)
-        p.add_argument("--model", required=True, metavar="CKPT",
-                       help="checkpoint written by train.py (checkpoints/<run>/best.pth)")
+        add_test_options(p)
         p.add_argument("--testdata", default=None, metavar="DIR",
                        help="test images: a folder of HR images or a BSDS300 root (default: embedded)")
         p.add_argument("--upscale_factor", type=positive(int), default=None,
                        help="scale (default: the checkpoint's)")
-        p.add_argument("--save", default=None, metavar="RUN",
-                       help="results go to results/<RUN>/ (default: the checkpoint's run name)")
-        p.add_argument("--reports", action="store_true",
-                       help="also write sensitivity / sparsity / MACs / ONNX reports into results/<RUN>/reports/")
-        p.add_argument("--sense_type", default="element", choices=["element", "filter", "channel"],
-                       help="sensitivity analysis granularity for --reports")
         self.parser = p
 
     def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -110,10 +91,7 @@ class TestOptions:
         ckpt = load_checkpoint(opt.model, "SR")
         if opt.upscale_factor is None:
             opt.upscale_factor = int(ckpt["arch"]["kwargs"].get("upscale_factor", 2))
-        if opt.save is None:
-            opt.save = str(ckpt.get("run") or Path(opt.model).resolve().parent.name)
-        check_run_name(opt.save)
-        return opt
+        return settle_test_run(opt, ckpt)
 
 
 __all__ = ["CHECKPOINT_ROOT", "RESULTS_ROOT", "RESUME_MAY_CHANGE", "TestOptions", "TrainOptions", "archive"]

@@ -9,11 +9,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from apps.common.solver import AppTrainer, layer_sparsity, nonzero_parameters
 from apputils.checkpoint import CheckpointError, rebuild_model
-from apputils.execution_env import FILE_ONLY, UserError
 
 from .evaluation import evaluate, mean_scores, model_input
 from .models import MODELS, build_model
@@ -80,45 +78,21 @@ class Trainer(AppTrainer):
     # -- one epoch --------------------------------------------------------------------------------
     def train(self, epoch: int, compression_scheduler: Any = None) -> float:
         """One epoch over the training loader with the scheduler's hooks; returns the mean loss."""
-        model, optimizer, sched = self.model, self.optimizer, compression_scheduler
+        model, sched = self.model, compression_scheduler
         model.train()
-        dataset = self.training_loader.dataset
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
         n = len(self.training_loader)
-        total, count = 0.0, 0
-        bar = tqdm(self.training_loader, total=n, desc=f"epoch {epoch + 1}/{self.opt.nEpochs}",
-                   leave=False, dynamic_ncols=True, mininterval=0.5)
+        total = 0.0
+        bar = self.epoch_bar(epoch)
         for i, batch in enumerate(bar):
             if sched is not None:
-                sched.on_minibatch_begin(epoch, i, n, optimizer)
+                sched.on_minibatch_begin(epoch, i, n, self.optimizer)
             output = model(model_input(model, batch, self.device))
             loss = self.criterion(output, batch["hr"].to(self.device))
-            parts: dict[str, torch.Tensor] = {}
-            if sched is not None:
-                loss, parts = sched.before_backward_pass(epoch, i, n, loss, optimizer, return_loss_components=True)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if sched is not None:
-                sched.before_parameter_optimization(epoch, i, n, optimizer)
-            optimizer.step()
-            if sched is not None:
-                sched.on_minibatch_end(epoch, i, n, optimizer)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise UserError(f"the training loss became {value} at epoch {epoch}, minibatch {i}; "
-                                f"lower --lr (now {self.opt.lr}) or check the schedule's regularizers")
+            value, parts = self.optimizer_step(epoch, i, n, loss, sched)
             total += value
-            count += 1
-            self.global_step += 1
-            if i % self.opt.print_freq == 0 or i == n - 1:
-                bar.set_postfix(loss=f"{value:.5f}")
-                log.info("epoch %d [%d/%d] loss %.6f", epoch, i + 1, n, value, extra=FILE_ONLY)
-                self.env.writer.add_scalar("train/loss", value, self.global_step)
-                for key, term in parts.items():
-                    self.env.writer.add_scalar(f"train/{key}", float(term.detach()), self.global_step)
+            self.log_step(bar, epoch, i, n, value, {k: float(v.detach()) for k, v in parts.items()})
         bar.close()
-        return total / max(count, 1)
+        return total / max(n, 1)
 
     def validate(self) -> dict[str, float]:
         """Mean PSNR / SSIM / loss on the validation images (and the bicubic baseline)."""

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from apps.common.solver import AppTester, nonzero_parameters
+from apps.common.solver import AppTester, nonzero_parameters, score_table
 from apputils.checkpoint import load_checkpoint, rebuild_model
 from apputils.execution_env import UserError
 
@@ -26,15 +26,10 @@ log = logging.getLogger(__name__)
 
 def format_table(scores: list[ImageScore], scale: int) -> str:
     """A plain-text table: one row per image and the mean, model beside bicubic."""
-    head = f"{'image':<16}{'bicubic PSNR':>14}{'SSIM':>8}{'model PSNR':>13}{'SSIM':>8}{'gain dB':>9}"
-    lines = [f"x{scale} super-resolution, Y channel, {scale}-pixel border cropped", head, "-" * len(head)]
-    for s in scores:
-        lines.append(f"{s.name:<16}{s.bicubic_psnr:>14.3f}{s.bicubic_ssim:>8.4f}{s.psnr:>13.3f}{s.ssim:>8.4f}"
-                     f"{s.psnr - s.bicubic_psnr:>+9.3f}")
     m = mean_scores(scores)
-    lines += ["-" * len(head), f"{'mean':<16}{m['bicubic_psnr']:>14.3f}{m['bicubic_ssim']:>8.4f}{m['psnr']:>13.3f}"
-              f"{m['ssim']:>8.4f}{m['psnr'] - m['bicubic_psnr']:>+9.3f}"]
-    return "\n".join(lines)
+    return score_table(f"x{scale} super-resolution, Y channel, {scale}-pixel border cropped", "bicubic", "model",
+                       [(s.name, s.bicubic_psnr, s.bicubic_ssim, s.psnr, s.ssim) for s in scores],
+                       (m["bicubic_psnr"], m["bicubic_ssim"], m["psnr"], m["ssim"]))
 
 
 class Tester(AppTester):

@@ -1,15 +1,12 @@
 """train.py / test.py with --optform=Deblur as a user runs them: end to end, a refused folder, SIGKILL + resume."""
 import csv
-import signal
-import subprocess
-import time
 
 import numpy as np
 import torch
 from PIL import Image
 
 from apps.common.images import embedded_dir, load_rgb
-from tests.app_runs import ENV, command, load, run_app
+from tests.app_runs import kill_mid_epoch, load, run_app
 
 TINY = ["--ngf", "4", "--n_blocks", "2", "--ndf", "4", "--critic_iters", "2", "--crop_size", "16", "--batchSize", "2",
         "--blur_size", "5", "--print_freq", "1"]
@@ -74,17 +71,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     r = run_app(tmp_path, "train.py", *args, "--save", "full")
     assert r.returncode == 0, r.stderr
 
-    proc = subprocess.Popen(command("train.py", *args, "--save", "killed"), cwd=tmp_path, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = tmp_path / "checkpoints/killed/latest.pth"
-    deadline = time.time() + 120
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # into the next epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert load(latest)["epoch"] < 2
+    assert kill_mid_epoch(tmp_path, [*args, "--save", "killed"], latest) < 2
 
     r = run_app(tmp_path, "train.py", "--optform=Deblur", "--resume", str(latest))
     assert r.returncode == 0, r.stderr

@@ -1,13 +1,13 @@
 """Deblur Trainer and Tester in-process on tiny networks: hooks, both networks in the checkpoint, exact resume,
 the perceptual loss wired in, the reports hand-over."""
 import argparse
-import logging
 
 import pytest
 import torch
 
 from apps.common.options import RESULTS_ROOT
 from apps.deblur import Tester, Trainer, build_test_loader, build_train_loaders
+from tests.app_runs import drop_run_log_handlers
 from tests.apps.deblur.test_losses import _torchvision_vgg19_state
 from tests.apps.sr.test_solvers import Recorder
 
@@ -16,10 +16,7 @@ from tests.apps.sr.test_solvers import Recorder
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     yield tmp_path
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_imagegen_run", None) or getattr(h, "_imagegen_console", None):
-            root.removeHandler(h)
+    drop_run_log_handlers()
 
 
 def _opt(**kw):

@@ -1,7 +1,6 @@
 """Trainer and Tester in-process on a tiny folder: the hook order of DESIGN.md §2, checkpoints, the
 reports hand-over."""
 import argparse
-import logging
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from PIL import Image
 from apps.common.options import RESULTS_ROOT
 from apps.sr import Tester, Trainer, build_test_loader, build_train_loaders
 from apps.sr.data import embedded_dir, load_rgb
+from tests.app_runs import drop_run_log_handlers
 
 
 class Recorder:
@@ -46,10 +46,7 @@ def data(tmp_path, monkeypatch):
     for i, (y, x) in enumerate([(0, 0), (100, 200), (300, 60)]):
         Image.fromarray(rgb[y:y + 40, x:x + 44]).save(tmp_path / "imgs" / f"{i}.png")
     yield tmp_path
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_imagegen_run", None) or getattr(h, "_imagegen_console", None):
-            root.removeHandler(h)
+    drop_run_log_handlers()
 
 
 def _opt(**kw):
