@@ -22,7 +22,7 @@ from apputils.checkpoint import load_checkpoint
 from apputils.execution_env import UserError
 
 from .data import DEFAULT_BLUR_SIZE, DEFAULT_NOISE
-from .models import NORMS, PRESETS
+from .models import CRITIC_WIDTHS, NORMS, PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,9 @@ class TrainOptions:
         _blur_options(g, from_checkpoint=False)
         g = p.add_argument_group("optimisation")
         add_loop_options(g)
-        g.add_argument("--lr", type=positive(float), default=1e-3,
-                       help="Adam learning rate of the generator and the critic (DeblurGAN: 1e-4)")
+        g.add_argument("--lr", type=positive(float), default=None,
+                       help="Adam learning rate of the generator and the critic (default: DeblurGAN's 1e-4 with "
+                            "the critic, 1e-3 with --gan off)")
         g.add_argument("--decay_epochs", type=int, default=None,
                        help="the LR falls linearly to 0 over the last N epochs, as DeblurGAN's second half "
                             "(default: half of --nEpochs; 0: constant). A schedule with lr_schedulers drives "
@@ -108,7 +109,8 @@ class TrainOptions:
                             "default: L1 on pixels")
         g.add_argument("--critic_iters", type=positive(int), default=5, help="critic updates per generator update")
         g.add_argument("--gp_weight", type=_non_negative, default=10.0, help="WGAN-GP gradient penalty weight")
-        g.add_argument("--ndf", type=positive(int), default=32, help="critic filters in its first layer (paper: 64)")
+        g.add_argument("--ndf", type=positive(int), default=None,
+                       help="critic filters in its first layer (default: 16 for DeblurGAN-CPU, 64 for DeblurGAN)")
         add_run_options(p, "<model>_<schedule>_<time>")
         self.parser = p
 
@@ -121,6 +123,10 @@ class TrainOptions:
             raise UserError(f"--perceptual_weights: '{opt.perceptual_weights}' does not exist; give the path of "
                             "torchvision's VGG19 ImageNet weights (vgg19-dcbb9e9d.pth), or leave the option out "
                             "for the L1 content loss")
+        if opt.lr is None:
+            opt.lr = 1e-3 if opt.gan == "off" else 1e-4
+        if opt.ndf is None:
+            opt.ndf = CRITIC_WIDTHS[opt.model]
         if opt.decay_epochs is not None and not 0 <= opt.decay_epochs <= opt.nEpochs:
             raise UserError(f"--decay_epochs {opt.decay_epochs} must be between 0 and --nEpochs {opt.nEpochs}")
         return settle_new_run(opt, opt.model, "schedules/deblur/")

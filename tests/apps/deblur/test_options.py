@@ -12,9 +12,12 @@ def test_defaults_presets_and_overrides(tmp_path, monkeypatch):
     opt = TrainOptions().parse(["--optform=Deblur"])
     assert opt.model == "DeblurGAN-CPU" and opt.gan == "wgan-gp" and opt.content_weight == 100
     assert opt.critic_iters == 5 and opt.gp_weight == 10 and opt.blur_size == 15
+    assert opt.lr == 1e-4 and opt.ndf == 16  # DeblurGAN's LR with the critic; the CPU critic's width
+    assert TrainOptions().parse(["--optform=Deblur", "--gan", "off"]).lr == 1e-3
     assert opt.save.startswith("DeblurGAN-CPU_dense_")
     assert generator_kwargs(opt) == {"ngf": 16, "n_blocks": 9, "dropout": 0.0, "norm": "instance"}
     paper = TrainOptions().parse(["--optform=Deblur", "--model", "DeblurGAN", "--norm", "batch", "--n_blocks", "6"])
+    assert paper.ndf == 64
     assert arch_of(paper) == {"name": "ResnetGenerator",
                               "kwargs": {"ngf": 64, "n_blocks": 6, "dropout": 0.5, "norm": "batch"}}
 
