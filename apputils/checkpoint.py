@@ -117,17 +117,6 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _without_lr_schedules(schedule: dict[str, Any], state: dict[str, Any] | None
-                          ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The schedule and scheduler state minus the LR schedulers and their policies."""
-    schedule = {k: v for k, v in schedule.items() if k != "lr_schedulers"}
-    schedule["policies"] = [p for p in schedule.get("policies") or [] if "lr_scheduler" not in p]
-    if state is not None:
-        state = {**state, "policies": {k: v for k, v in (state.get("policies") or {}).items()
-                                       if not k.startswith("lr_scheduler:")}}
-    return schedule, state
-
-
 def rebuild_model(ckpt: dict[str, Any], build: Callable[[str, dict[str, Any]], nn.Module], *,
                   optimizer_factory: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
                   dummy_input: torch.Tensor | None = None, device: str | torch.device = "cpu",
@@ -149,8 +138,7 @@ def rebuild_model(ckpt: dict[str, Any], build: Callable[[str, dict[str, Any]], n
         if dummy_input is not None:
             dummy_input = dummy_input.to(device)
         state = ckpt.get("scheduler")
-        if optimizer is None:  # rebuilding for inference: LR schedules need an optimizer and change no weight
-            schedule, state = _without_lr_schedules(schedule, state)
+        # without an optimizer (rebuilding for inference) LR schedules are inactive and keep their saved state
         scheduler = compress.dict_config(model, optimizer, schedule, dummy_input=dummy_input)
         if state is not None:
             scheduler.load_state_dict(state)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +14,18 @@ from torch import nn
 from .errors import ScheduleError, did_you_mean
 from .lr_schedulers import LRSchedulerStep
 from .masks import MaskStore
-from .policy import Context, Policy, Timing
+from .policy import Context, Inactive, Policy, Timing
 from .pruning.groups import GroupResolver, LocalGroups
 from .registry import SECTIONS, build
 from .schedule_source import KeyPath, ScheduleSource, read_schedule
-from .scheduler import CompressionScheduler
+from .scheduler import CompressionScheduler, InputReady
+from .thinning.extension import StructureRemover
+from .thinning.graph import ThinningError, TracedGroups, check_traceable
+from .thinning.inputs import DATASET_SHAPES, is_shape, one_sample, zeros_input
 
 log = logging.getLogger(__name__)
 
-TOP_LEVEL = ("version", *SECTIONS, "policies")
+TOP_LEVEL = ("version", "input_shape", *SECTIONS, "policies")
 POLICY_KINDS = {kind: section for section, (kind, _) in SECTIONS.items()}
 TIMING_KEYS = ("starting_epoch", "ending_epoch", "frequency", "epochs")
 #: Policy `args` each kind accepts, with their types.
@@ -42,13 +47,11 @@ def dict_config(model: nn.Module, optimizer: torch.optim.Optimizer | None, sched
     return _config(model, optimizer, ScheduleSource(copy.deepcopy(schedule), name or "<schedule dict>"), dummy_input)
 
 
-def group_resolver(model: nn.Module, dummy_input: torch.Tensor | None) -> GroupResolver:
+def group_resolver(model: nn.Module, dummy_input: Any | None, protected: Sequence[str] = ()) -> GroupResolver:
     """Channel groups for structured pruning: traced from the graph when an input is given, else per module."""
     if dummy_input is None:
         return LocalGroups(model)
-    from .thinning.graph import TracedGroups
-
-    return TracedGroups(model, dummy_input)
+    return TracedGroups(model, dummy_input, protected)
 
 
 def _mapping(src: ScheduleSource, value: Any, path: KeyPath, what: str) -> dict:
@@ -188,8 +191,9 @@ def _build_policies(src: ScheduleSource, data: dict, built: dict[str, dict[str, 
         args = _policy_args(src, kind, ref.get("args"), path + (kind, "args"))
         timing = _timing(src, item, path, args.get("mini_batch_pruning_frequency"))
         component = built[section][instance]
-        if kind == "lr_scheduler" and component is not None:
-            component = LRSchedulerStep(component, args.get("metric", "loss"))
+        if kind == "lr_scheduler":
+            component = (LRSchedulerStep(component, args.get("metric", "loss")) if component is not None
+                         else Inactive("no optimizer to schedule"))
         policies.append(Policy(kind, str(instance), component, timing, args))
     return policies
 
@@ -215,32 +219,136 @@ def _check_conflicts(src: ScheduleSource, policies: list[Policy], ctx: Context) 
             claimed[name] = (i, claimed.get(name, (i, set()))[1] | epochs)
 
 
+@dataclass(frozen=True)
+class TraceInput:
+    """What the model is traced on (coupled channel groups, thinning), and where the schedule asked for it.
+
+    `value` is None when nothing needs a trace, or (`pending`) until the model's first forward.
+    """
+
+    value: Any
+    origin: str
+    path: KeyPath = ()
+    pending: bool = False
+
+
+def _trace_input(src: ScheduleSource, data: dict, built: dict[str, dict[str, Any]], model: nn.Module,
+                 dummy_input: Any | None) -> TraceInput:
+    """The first of: dummy_input=, the schedule's `input_shape`, a thinning extension's `dataset`, the first forward."""
+    shape = data.get("input_shape")
+    if shape is not None and not is_shape(shape):
+        raise src.error(("input_shape",), f"input_shape must be a list of positive integers, got {shape!r}",
+                        hint="one sample's shape, e.g. [1, 3, 32, 32]; for a forward() of several tensors, "
+                             "one such list per tensor")
+    removers = {str(n): c for n, c in built["extensions"].items() if isinstance(c, StructureRemover)}
+    datasets = {n: c.dataset for n, c in removers.items() if c.dataset is not None}
+    first = next(iter(datasets.items()), None)
+    for name, dataset in datasets.items():
+        if dataset != first[1]:
+            raise src.error(("extensions", name, "dataset"), f"dataset '{dataset}' differs from '{first[1]}' of "
+                            f"extension '{first[0]}': the model is traced on one input",
+                            hint="give every thinning extension the same dataset, or the top-level input_shape")
+    given = [what for what, value in (("input_shape", shape), ("dataset", first)) if value is not None]
+    if dummy_input is not None:
+        if given:
+            log.info("%s: tracing on dummy_input=%s; the schedule's %s is not used", src.name,
+                     tuple(getattr(dummy_input, "shape", ())), " and ".join(given))
+        return TraceInput(dummy_input, "dummy_input=")
+    if shape is not None:
+        if first is not None:
+            log.info("%s: tracing on input_shape %s; dataset '%s' is not used", src.name, shape, first[1])
+        return TraceInput(zeros_input(model, shape), f"input_shape {list(shape)}", ("input_shape",))
+    if first is not None:
+        return TraceInput(zeros_input(model, DATASET_SHAPES[first[1]]),
+                          f"dataset '{first[1]}' (input {list(DATASET_SHAPES[first[1]])})",
+                          ("extensions", first[0], "dataset"))
+    if removers:
+        return TraceInput(None, "the model's first forward", ("extensions", next(iter(removers))), pending=True)
+    return TraceInput(None, "none")
+
+
+def _protected(built: dict[str, dict[str, Any]]) -> list[str]:
+    """Layers some thinning extension protects: structured pruners must not mask what thinning keeps."""
+    return sorted({p for c in built["extensions"].values() if isinstance(c, StructureRemover) for p in c.protected})
+
+
+def _traced_groups(src: ScheduleSource, model: nn.Module, trace: TraceInput, protected: list[str]) -> GroupResolver:
+    """The resolver for `trace`: traced groups when it has a value, else per-module groups (traceability checked)."""
+    hint = ("give the schedule's input_shape: [N, C, H, W] that the model accepts, or pass dummy_input="
+            if trace.value is not None else None)
+    try:
+        if trace.value is None:
+            if trace.pending:
+                check_traceable(model, protected)
+            return LocalGroups(model)
+        return group_resolver(model, trace.value, protected)
+    except ThinningError as exc:
+        raise src.error(trace.path, f"tracing on {trace.origin}: {exc}", hint=hint) from None
+
+
+def _mask_gradients(policies: list[Policy], ctx: Context) -> None:
+    for policy in policies:
+        if policy.kind == "pruner" and policy.args.get("mask_gradients"):
+            for name in sorted(policy.component.pruned_params(ctx)):
+                ctx.masks.mask_gradients(name)
+
+
+def _when_input_seen(src: ScheduleSource, policies: list[Policy], trace: TraceInput,
+                     protected: list[str]) -> InputReady:
+    """What the scheduler runs at the model's first forward: trace on it, then the checks that need the trace."""
+    def ready(ctx: Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            inputs = one_sample(args, kwargs)
+        except ThinningError as exc:
+            raise src.error(trace.path, str(exc)) from None
+        ctx.groups = _traced_groups(src, ctx.model, TraceInput(inputs, f"the first forward's input {_shapes(inputs)}",
+                                                                trace.path), protected)
+        ctx.dummy_input = inputs
+        _check_conflicts(src, policies, ctx)
+        _mask_gradients(policies, ctx)
+        log.info("%s: traced the model on its first forward's input %s", src.name, _shapes(inputs))
+
+    return ready
+
+
+def _shapes(inputs: Any) -> str:
+    items = inputs if isinstance(inputs, tuple) else (inputs,)
+    return ", ".join("x".join(map(str, t.shape)) for t in items)
+
+
 def _config(model: nn.Module, optimizer: torch.optim.Optimizer | None, src: ScheduleSource,
-            dummy_input: torch.Tensor | None) -> CompressionScheduler:
+            dummy_input: Any | None) -> CompressionScheduler:
     data = _check_top_level(src)
     masks = MaskStore(model)
     built = _build_components(src, data, model, optimizer)
     _check_weights(src, built, masks.params)
     policies = _build_policies(src, data, built)
-    ctx = Context(model, optimizer, masks, group_resolver(model, dummy_input), dummy_input)
-    _check_conflicts(src, policies, ctx)
+    trace = _trace_input(src, data, built, model, dummy_input)
+    protected = _protected(built)
+    ctx = Context(model, optimizer, masks, _traced_groups(src, model, trace, protected), trace.value)
+    _check_conflicts(src, policies, ctx)  # with per-module groups until a pending trace is done, then again
     used = {(POLICY_KINDS[p.kind], p.instance_name) for p in policies}
     for section, comps in built.items():
         for instance in comps:
             if (section, str(instance)) not in used:
                 log.warning("%s: %s '%s' is defined but no policy uses it", src.name, section[:-1], instance)
     for policy in policies:
-        if policy.kind == "pruner" and policy.args.get("mask_gradients"):
-            for name in sorted(policy.component.pruned_params(ctx)):
-                masks.mask_gradients(name)
+        if isinstance(policy.component, Inactive):
+            log.info("%s: %s '%s' is inactive: %s (its saved state is kept)", src.name, policy.kind,
+                     policy.instance_name, policy.component.reason)
+    _mask_gradients(policies, ctx)
     # Only now, with the whole schedule checked, may components change the model.
     prepared: set[int] = set()
     for policy in policies:
-        if policy.component is not None and id(policy.component) not in prepared:
+        if id(policy.component) not in prepared:
             prepared.add(id(policy.component))
             policy.component.prepare(ctx)
     masks.refresh()
-    return CompressionScheduler(ctx, [p for p in policies if p.component is not None], data)
+    if trace.pending:
+        log.info("%s: no dummy_input, input_shape or dataset: the model is traced on its first forward's input, "
+                 "before that forward runs", src.name)
+    ready = _when_input_seen(src, policies, trace, protected) if trace.pending else None
+    return CompressionScheduler(ctx, policies, data, input_ready=ready)
 
 
 __all__ = ["ScheduleError", "dict_config", "file_config", "group_resolver"]

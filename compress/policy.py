@@ -107,6 +107,23 @@ class Component:
         """Restore what state_dict() returned."""
 
 
+class Inactive(Component):
+    """A declared component this build cannot run (an LR schedule built without an optimizer).
+
+    It was checked with the rest of the schedule, none of its hooks is called, and the state it is
+    given is kept as it is, so a checkpoint of a full build loads here and is saved back unchanged.
+    """
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        self.saved: dict[str, Any] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.saved)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.saved = dict(state)
+
 
 @dataclass
 class Policy:

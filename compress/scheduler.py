@@ -1,6 +1,7 @@
 """CompressionScheduler: fires the schedule's policies from hooks inside the user's training loop."""
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -12,8 +13,23 @@ from .policy import Component, Context, Policy, Step
 STRUCTURAL_KINDS = ("extension", "quantizer")
 
 
+#: Called with the context and the positional inputs of the model's first forward (see CompressionScheduler).
+InputReady = Callable[[Context, tuple[Any, ...], dict[str, Any]], None]
+
+
 def _overrides(component: Any, hook: str) -> bool:
     return getattr(type(component), hook, None) is not getattr(Component, hook)
+
+
+def _first_forward_hook(scheduler: CompressionScheduler) -> Callable:
+    ref = weakref.ref(scheduler)  # the model must not keep the scheduler alive (nor deepcopy it)
+
+    def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        sched = ref()
+        if sched is not None and module is sched.ctx.model:
+            sched._input_seen(args, kwargs)
+
+    return hook
 
 
 class CompressionScheduler:
@@ -22,11 +38,19 @@ class CompressionScheduler:
     Build it with `compress.file_config` / `compress.dict_config`; call the hooks as in DESIGN.md §2.
     """
 
-    def __init__(self, ctx: Context, policies: list[Policy], schedule: dict[str, Any] | None = None):
+    def __init__(self, ctx: Context, policies: list[Policy], schedule: dict[str, Any] | None = None, *,
+                 input_ready: InputReady | None = None):
+        """`input_ready`: the schedule needs the model's input to trace it and has none yet. Until the
+        model's first forward, `on_epoch_begin` / `on_minibatch_begin` calls are queued; a forward
+        pre-hook then hands that forward's inputs to `input_ready` and replays the queue before the
+        forward runs, which is the moment Distiller's policies act at: the first minibatch."""
         self.ctx = ctx
         self.policies = policies
         self.schedule = schedule
         self._active: dict[tuple[int, str], list[tuple[Callable, Policy]]] = {}
+        self._input_ready = input_ready
+        self._queued: list[tuple[str, Step]] = []
+        self._hook: Any = None
         ctx.scheduler = self
 
     @property
@@ -54,22 +78,37 @@ class CompressionScheduler:
         if optimizer is not None:
             self.ctx.optimizer = optimizer
 
+    def _run(self, hook: str, step: Step) -> None:
+        """Call `hook` of every policy active in the step's epoch, or queue it until the model's first forward."""
+        if self._input_ready is not None:
+            if self._hook is None:
+                self._hook = self.ctx.model.register_forward_pre_hook(_first_forward_hook(self), with_kwargs=True)
+            self._queued.append((hook, step))
+            return
+        for call, policy in self._calls(step.epoch, hook):
+            call(self.ctx, step, policy.timing)
+
+    def _input_seen(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """The model's first forward: hand its inputs over, then run the queued hooks before it proceeds."""
+        self._hook.remove()
+        ready, self._input_ready = self._input_ready, None
+        queued, self._queued = self._queued, []
+        with torch.inference_mode(False):  # thinning makes new parameters: never inference tensors
+            ready(self.ctx, args, kwargs)
+            for hook, step in queued:
+                self._run(hook, step)
+
     def on_epoch_begin(self, epoch: int, optimizer: torch.optim.Optimizer | None = None, **_: Any) -> None:
         """Start of an epoch: pruners set this epoch's masks."""
         self._use(optimizer)
-        step = Step(epoch, optimizer=self.ctx.optimizer)
-        for call, policy in self._calls(epoch, "on_epoch_begin"):
-            call(self.ctx, step, policy.timing)
+        self._run("on_epoch_begin", Step(epoch, optimizer=self.ctx.optimizer))
 
     def on_minibatch_begin(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
                            optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Before the forward pass: minibatch-frequency pruners act here."""
-        calls = self._calls(epoch, "on_minibatch_begin")
-        if calls:
+        """Before the forward pass: minibatch-frequency pruners act here, and thinning in its first minibatch."""
+        if self._input_ready is not None or self._calls(epoch, "on_minibatch_begin"):
             self._use(optimizer)
-            step = Step(epoch, minibatch_id, minibatches_per_epoch, self.ctx.optimizer)
-            for call, policy in calls:
-                call(self.ctx, step, policy.timing)
+            self._run("on_minibatch_begin", Step(epoch, minibatch_id, minibatches_per_epoch, self.ctx.optimizer))
 
     def before_backward_pass(self, epoch: int, minibatch_id: int, minibatches_per_epoch: int,
                              loss: torch.Tensor, optimizer: torch.optim.Optimizer | None = None,
@@ -106,7 +145,11 @@ class CompressionScheduler:
 
     def on_epoch_end(self, epoch: int, optimizer: torch.optim.Optimizer | None = None,
                      metrics: dict[str, float] | None = None) -> None:
-        """End of an epoch: LR schedules step, extensions (thinning) run."""
+        """End of an epoch: LR schedules step (and extensions with `thin_at: epoch_end` thin)."""
+        if self._queued:
+            raise RuntimeError(f"epoch {epoch} ended before the model ran: this schedule traces the model on "
+                                "its first forward's input; run the model between on_epoch_begin and "
+                                "on_epoch_end, or give the schedule's input_shape / pass dummy_input=")
         self._use(optimizer)
         step = Step(epoch, optimizer=self.ctx.optimizer, metrics=metrics)
         for call, policy in self._calls(epoch, "on_epoch_end"):

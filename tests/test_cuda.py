@@ -329,7 +329,8 @@ THIN_EDSR = {
     "version": 1,
     "pruners": {"filters": {"class": "L1RankedStructureParameterPruner",
                             "reg_regims": {"blocks.0.0.weight": [0.5, "3D"], "up.0.weight": [0.5, "3D"]}}},
-    "extensions": {"thinner": {"class": "FilterRemover", "thinning_func_str": "remove_filters"}},
+    "extensions": {"thinner": {"class": "FilterRemover", "thinning_func_str": "remove_filters",
+                               "thin_at": "epoch_end"}},  # so epoch 0 trains masked, to compare with
     "policies": [{"pruner": {"instance_name": "filters"}, "epochs": [0]},
                  {"extension": {"instance_name": "thinner"}, "epochs": [0]}],
 }
@@ -342,7 +343,8 @@ def small_edsr() -> EDSR:
 
 def test_thinning_schedule_on_a_pixelshuffle_residual_net_on_the_gpu():
     """EDSR (residual blocks, PixelShuffle upsampler): filters pruned and removed by the schedule at the end
-    of epoch 0 with Adam state, training goes on, and the thin checkpoint reloads on the GPU."""
+    of epoch 0 (`thin_at: epoch_end`) with Adam state, training goes on, and the thin checkpoint reloads on
+    the GPU."""
     model = small_edsr()
     gen = torch.Generator().manual_seed(4)
     x, y = torch.rand(2, 1, 8, 8, generator=gen).to(DEVICE), torch.rand(2, 1, 16, 16, generator=gen).to(DEVICE)

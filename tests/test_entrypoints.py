@@ -87,10 +87,10 @@ def test_help_is_complete():
     text = TrainOptions().parser.format_help()
     for opt in ("--upscale_factor", "--batchSize", "--testBatchSize", "--nEpochs", "--lr", "--seed", "--traindata",
                 "--testdata", "--compress", "--resume", "--model", "--device", "--threads", "--logdir", "--save",
-                "--print_freq", "--iters_per_epoch"):
+                "--checkpoint_dir", "--print_freq", "--iters_per_epoch"):
         assert opt in text
     text = TestOptions().parser.format_help()
-    assert "--reports" in text and "--sense_type" in text
+    assert "--reports" in text and "--sense_type" in text and "--results_dir" in text
 
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):

@@ -8,10 +8,12 @@ An app's Trainer implements `build_model`, `train(epoch, scheduler)`, `validate`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,6 @@ from tqdm import tqdm
 
 from apputils.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from apputils.execution_env import FILE_ONLY, RunEnv, UserError, log_env_info, setup_run
-
-from .options import CHECKPOINT_ROOT, RESULTS_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,45 @@ def layer_sparsity(model: nn.Module) -> dict[str, float]:
 def nonzero_parameters(model: nn.Module) -> int:
     """Number of non-zero parameters (what pruning and thinning reduce)."""
     return int(sum(int((p != 0).sum()) for p in model.parameters()))
+
+
+def archive(folder: Path) -> Path | None:
+    """Move an existing run folder aside to <folder>_archived_<time> (BasicSR's habit); returns the new path."""
+    if not folder.exists():
+        return None
+    target = folder.with_name(f"{folder.name}_archived_{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while target.exists():
+        target = folder.with_name(f"{folder.name}_archived_{time.strftime('%Y%m%d-%H%M%S')}_{n}")
+        n += 1
+    try:
+        folder.rename(target)
+    except OSError as err:
+        raise UserError(f"cannot move the earlier run '{folder}' aside to '{target}' ({err}); choose another "
+                        f"--save") from err
+    return target
+
+
+@contextlib.contextmanager
+def deterministic_cudnn(device: torch.device) -> Iterator[None]:
+    """On CUDA, deterministic cuDNN kernels chosen without benchmarking while the block runs; the flags after.
+
+    cuDNN's default kernels may sum gradients with atomics (a different order each run) and benchmark
+    mode may pick other kernels in another process: a resumed run must repeat an uninterrupted one bit
+    for bit (README), so only deterministic kernels, chosen the same way.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    log.info("cuDNN for this run: deterministic kernels, benchmark off (was deterministic=%s, benchmark=%s; "
+             "restored when the run ends)", *saved)
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved
 
 
 def score_table(title: str, baseline: str, model: str, rows: list[tuple[str, float, float, float, float]],
@@ -74,12 +113,6 @@ class AppTrainer:
         self.training_loader = training_loader
         self.validation_loader = validation_loader
         self.device = resolve_device(config.device)
-        if self.device.type == "cuda":
-            # cuDNN's default kernels may sum gradients with atomics (a different order each run) and
-            # benchmark mode may pick other kernels in another process: a resumed run must repeat an
-            # uninterrupted one bit for bit (README), so only deterministic kernels, chosen the same way.
-            torch.backends.cudnn.deterministic = True
-            torch.backends.cudnn.benchmark = False
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.compression_scheduler: Any = None
@@ -90,7 +123,7 @@ class AppTrainer:
         self.best_key: tuple[int, float] | None = None
         self.global_step = 0
         self.env: RunEnv | None = None
-        self.run_dir = CHECKPOINT_ROOT / config.save
+        self.run_dir = Path(config.checkpoint_dir) / config.save
         self.history: list[dict[str, float]] = []
 
     # -- what an app implements -------------------------------------------------------------------
@@ -229,31 +262,49 @@ class AppTrainer:
         return overall
 
     # -- main -------------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        """Build, train all epochs (hooks in the order of DESIGN.md §2), validate and save each epoch."""
-        self.env = setup_run(self.opt.save, self.opt.logdir)
+    def start(self) -> RunEnv:
+        """Where the run begins touching the disk: a new run moves an earlier run of its name aside, then
+        the log and TensorBoard folder open (the moves are logged there)."""
+        moved = [] if self.opt.resume else [
+            (folder, archive(folder)) for folder in (self.run_dir, Path(self.opt.logdir) / self.opt.save)]
         try:
-            log_env_info()
-            log.info("options: %s", {k: v for k, v in vars(self.opt).items() if k != "given"}, extra=FILE_ONLY)
-            self.build_model()
-            sched = self.compression_scheduler
-            log.info("%s", self.describe())
-            if self.start_epoch >= self.opt.nEpochs:
-                log.info("the run already finished %d epochs (--nEpochs %d): nothing to train",
-                         self.start_epoch, self.opt.nEpochs)
-            for epoch in range(self.start_epoch, self.opt.nEpochs):
-                t0 = time.perf_counter()
-                if sched is not None:
-                    sched.on_epoch_begin(epoch, self.optimizer)
-                train_loss = self.train(epoch, sched)
-                metrics = self.validate()
-                if sched is not None:
-                    sched.on_epoch_end(epoch, self.optimizer, metrics=metrics)
-                self.epoch = epoch
-                self.history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
-                self.log_epoch(epoch, train_loss, metrics, time.perf_counter() - t0)
-                self.save(metrics)
-            return self.summary()
+            self.run_dir.mkdir(parents=True, exist_ok=True)  # now, not after the first epoch
+        except OSError as err:
+            raise UserError(f"cannot create the checkpoint folder '{self.run_dir}' ({err}); choose another "
+                            f"--checkpoint_dir") from err
+        self.env = setup_run(self.opt.save, self.opt.logdir)
+        for folder, target in moved:
+            if target is not None:
+                log.warning("'%s' already existed: moved it to '%s'", folder, target)
+        log.info("checkpoints of this run go to %s", self.run_dir)
+        return self.env
+
+    def run(self) -> dict[str, Any]:
+        """Start, build, train all epochs (hooks in the order of DESIGN.md §2), validate and save each epoch."""
+        self.start()
+        try:
+            with deterministic_cudnn(self.device):
+                log_env_info()
+                log.info("options: %s", {k: v for k, v in vars(self.opt).items() if k != "given"}, extra=FILE_ONLY)
+                self.build_model()
+                sched = self.compression_scheduler
+                log.info("%s", self.describe())
+                if self.start_epoch >= self.opt.nEpochs:
+                    log.info("the run already finished %d epochs (--nEpochs %d): nothing to train",
+                             self.start_epoch, self.opt.nEpochs)
+                for epoch in range(self.start_epoch, self.opt.nEpochs):
+                    t0 = time.perf_counter()
+                    if sched is not None:
+                        sched.on_epoch_begin(epoch, self.optimizer)
+                    train_loss = self.train(epoch, sched)
+                    metrics = self.validate()
+                    if sched is not None:
+                        sched.on_epoch_end(epoch, self.optimizer, metrics=metrics)
+                    self.epoch = epoch
+                    self.history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
+                    self.log_epoch(epoch, train_loss, metrics, time.perf_counter() - t0)
+                    self.save(metrics)
+                return self.summary()
         finally:
             self.env.close()
 
@@ -279,7 +330,7 @@ class AppTester:
         self.device = resolve_device(config.device)
         self.model: nn.Module | None = None
         self.checkpoint: dict[str, Any] | None = None
-        self.out_dir = RESULTS_ROOT / config.save
+        self.out_dir = Path(config.results_dir) / config.save
         self.scores: list[Any] = []
 
     # -- what an app implements -------------------------------------------------------------------
@@ -310,7 +361,8 @@ class AppTester:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserError(f"cannot create the results folder '{self.out_dir}' ({err}); choose another --save") from err
+            raise UserError(f"cannot create the results folder '{self.out_dir}' ({err}); choose another "
+                            f"--results_dir") from err
         env = setup_run(f"{opt.save}_test", opt.logdir)
         try:
             log_env_info()

@@ -144,7 +144,7 @@ class TestOptions:
                         "beside the blurred input's, deblurred images, and optionally the reports.\n" + DEMO_NOTE,
             epilog="example:\n  python test.py --optform=Deblur --model=checkpoints/<run>/best.pth --reports")
         add_common(p, OPTFORM_HELP)
-        add_test_options(p)
+        add_test_options(p, "deblurred images")
         p.add_argument("--testdata", default=None, metavar="DIR",
                        help="test pairs: GoPro scenes, blur/ + sharp/ folders, or side-by-side A|B images "
                             "(default: the embedded test photographs with synthetic blur)")

@@ -14,7 +14,6 @@ from apps.common.options import (
     add_loop_options,
     add_run_options,
     add_test_options,
-    archive,
     parse_args,
     positive,
     resume_options,
@@ -78,7 +77,7 @@ class TestOptions:
                         "bicubic, SR images, and optionally the reports.\n" + DEMO_NOTE,
             epilog="example:\n  python test.py --optform=SR --model=checkpoints/<run>/best.pth --reports")
         add_common(p, OPTFORM_HELP)
-        add_test_options(p)
+        add_test_options(p, "SR images")
         p.add_argument("--testdata", default=None, metavar="DIR",
                        help="test images: a folder of HR images or a BSDS300 root (default: embedded)")
         p.add_argument("--upscale_factor", type=positive(int), default=None,
@@ -94,4 +93,4 @@ class TestOptions:
         return settle_test_run(opt, ckpt)
 
 
-__all__ = ["CHECKPOINT_ROOT", "RESULTS_ROOT", "RESUME_MAY_CHANGE", "TestOptions", "TrainOptions", "archive"]
+__all__ = ["CHECKPOINT_ROOT", "RESULTS_ROOT", "RESUME_MAY_CHANGE", "TestOptions", "TrainOptions"]

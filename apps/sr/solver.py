@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from apps.common.solver import AppTrainer, layer_sparsity, nonzero_parameters
+from apps.common.solver import AppTrainer, archive, deterministic_cudnn, layer_sparsity, nonzero_parameters
 from apputils.checkpoint import CheckpointError, rebuild_model
 
 from .evaluation import evaluate, mean_scores, model_input
@@ -137,5 +137,5 @@ class Trainer(AppTrainer):
                 f"(bicubic {bicubic:.3f} dB), {nonzero_parameters(self.model)} non-zero parameters")
 
 
-__all__ = ["CheckpointError", "Trainer", "arch_input_kind", "arch_of", "dummy_input", "layer_sparsity",
-           "nonzero_parameters"]
+__all__ = ["CheckpointError", "Trainer", "archive", "arch_input_kind", "arch_of", "deterministic_cudnn", "dummy_input",
+           "layer_sparsity", "nonzero_parameters"]

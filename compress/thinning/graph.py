@@ -169,10 +169,10 @@ def _first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def _trace(model: nn.Module, dummy_input: Any, opaque: set[str]) -> fx.GraphModule:
+def _symbolic_trace(model: nn.Module, opaque: set[str]) -> fx.Graph:
     tracer = _Tracer(opaque)
     try:
-        graph = tracer.trace(model)
+        return tracer.trace(model)
     except Exception as exc:
         where = f"module '{tracer.failed_in}' ({type(model.get_submodule(tracer.failed_in)).__name__})" \
             if tracer.failed_in else f"the forward() of {type(model).__name__}"
@@ -181,15 +181,18 @@ def _trace(model: nn.Module, dummy_input: Any, opaque: set[str]) -> fx.GraphModu
             "Thinning needs a forward() without Python control flow that depends on tensor values; "
             "move that logic out, or list the module under the extension's `protected` so it is "
             "kept whole and not traced inside") from None
-    gm = fx.GraphModule(model, graph)
+
+
+def _trace(model: nn.Module, dummy_input: Any, opaque: set[str]) -> fx.GraphModule:
+    gm = fx.GraphModule(model, _symbolic_trace(model, opaque))
     inputs = dummy_input if isinstance(dummy_input, (tuple, list)) else (dummy_input,)
     modes = {m: m.training for m in model.modules()}
     model.eval()  # BatchNorm must not update its running statistics on the dummy input
     try:
         with torch.no_grad():
             ShapeProp(gm).propagate(*inputs)
-    except Exception as exc:
-        raise ThinningError(f"cannot run the model on the dummy input for thinning ({_first_line(exc)}); "
+    except Exception as exc:  # ShapeProp names the node and chains the operation's own error
+        raise ThinningError(f"cannot run the model on the dummy input for thinning ({_first_line(exc.__cause__ or exc)}); "
                             "pass a dummy_input the model accepts, e.g. torch.zeros(1, C, H, W)") from None
     finally:
         for m, mode in modes.items():
@@ -495,16 +498,26 @@ def _is_thinnable(module: nn.Module) -> bool:
     return isinstance(module, (nn.modules.conv._ConvNd, nn.Linear, *_NORMS, nn.PReLU))
 
 
-def analyse(model: nn.Module, dummy_input: Any, protected: Iterable[str] = ()) -> Analysis:
-    """Trace `model` on `dummy_input` and compute its channel classes."""
-    model = unwrap(model)
-    protected = {canonical(p) for p in protected}
+def _opaque(model: nn.Module, protected: set[str]) -> set[str]:
+    """The protected modules the tracer keeps whole (every protected module thinning cannot edit)."""
     modules = {canonical(n) for n, _ in model.named_modules()}
     missing = sorted(protected - modules)
     if missing:
         raise ThinningError(f"protected layer(s) {missing} are not modules of the model")
-    opaque = {n for n in protected if not _is_thinnable(model.get_submodule(n))}
-    builder = _Builder(_trace(model, dummy_input, opaque), protected)
+    return {n for n in protected if not _is_thinnable(model.get_submodule(n))}
+
+
+def check_traceable(model: nn.Module, protected: Iterable[str] = ()) -> None:
+    """Raise ThinningError if torch.fx cannot trace `model` (needs no input: nothing is run)."""
+    model = unwrap(model)
+    _symbolic_trace(model, _opaque(model, {canonical(p) for p in protected}))
+
+
+def analyse(model: nn.Module, dummy_input: Any, protected: Iterable[str] = ()) -> Analysis:
+    """Trace `model` on `dummy_input` and compute its channel classes."""
+    model = unwrap(model)
+    protected = {canonical(p) for p in protected}
+    builder = _Builder(_trace(model, dummy_input, _opaque(model, protected)), protected)
     builder.run()
     return builder.result()
 
@@ -530,7 +543,7 @@ class TracedGroups:
         return tuple((n, tuple(p.shape)) for n, p in self.model.named_parameters())
 
     def refresh(self) -> None:
-        """Trace the model again (its structure or the protected list changed)."""
+        """Trace the model again (its structure changed)."""
         self._analysis = analyse(self.model, self.dummy_input, self._protected)
         self._signature = self._shapes()
         self._cache.clear()
@@ -546,13 +559,6 @@ class TracedGroups:
     def protected(self) -> list[str]:
         """Layers whose filters are never removed (the user's list; model outputs are kept anyway)."""
         return list(self._protected)
-
-    def protect(self, names: Iterable[str]) -> None:
-        """Add layers that must not be thinned, and re-trace."""
-        new = [canonical(n) for n in names if canonical(n) not in self._protected]
-        if new:
-            self._protected += new
-            self.refresh()
 
     def group(self, param: str, kind: Kind) -> ChannelGroup:
         """The removable channel classes of `param`'s filters or input channels, with all members."""

@@ -309,12 +309,13 @@ def plan(model: nn.Module, analysis: Analysis, remove: Iterable[int], kind: Kind
 
 def thin(model: nn.Module, dummy_input: Any, masks: Mapping[str, torch.Tensor], kind: Kind = "filters", *,
          optimizer: torch.optim.Optimizer | None = None, mask_store: MaskStore | None = None,
-         protected: Sequence[str] = (), epoch: int | None = None) -> ThinningStep:
+         protected: Sequence[str] = (), epoch: int | None = None, analysis: Analysis | None = None) -> ThinningStep:
     """Trace, select the classes `masks` zeroed, check, and remove them. Returns the recipe step.
 
+    `analysis`: the model's current analysis with these `protected` layers, if already traced (saves a trace).
     On any failure a ThinningError is raised and the model, optimizer and masks are unchanged.
     """
-    analysis = analyse(model, dummy_input, protected)
+    analysis = analysis or analyse(model, dummy_input, protected)
     params = {canonical(n): p for n, p in unwrap(model).named_parameters()}
     step = plan(model, analysis, select_classes(analysis, masks, kind, params), kind, epoch)
     if step.layers:

@@ -160,7 +160,9 @@ def test_rebuild_quantized_model_for_inference_gives_the_same_outputs(tmp_path):
     _train(model, opt, sched, 2)
     model.eval()
     save_checkpoint(_state(model, sched, opt), tmp_path / "c.pth")
-    rebuilt, _, _ = rebuild_model(load_checkpoint(tmp_path / "c.pth"), build_model, dummy_input=DUMMY)
+    rebuilt, rsched, _ = rebuild_model(load_checkpoint(tmp_path / "c.pth"), build_model, dummy_input=DUMMY)
     rebuilt.eval()
     x = torch.rand(1, 1, 20, 20)
     torch.testing.assert_close(rebuilt(x), model(x))
+    saved = sched.state_dict()["policies"]["lr_scheduler:lr"]
+    assert saved["last_epoch"] == 2 and rsched.state_dict()["policies"]["lr_scheduler:lr"] == saved

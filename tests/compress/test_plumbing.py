@@ -185,11 +185,17 @@ def test_lr_policy_steps_at_scheduled_epoch_ends_and_plateau_uses_metrics():
         sched.on_epoch_end(2, opt)
 
 
-def test_lr_scheduler_is_checked_but_skipped_without_optimizer():
-    sched = compress.dict_config(Plain(), None, {
+def test_lr_scheduler_is_checked_but_inactive_without_optimizer():
+    model = Plain()
+    sched = compress.dict_config(model, None, {
         "lr_schedulers": {"lr": {"class": "StepLR", "step_size": 2}},
         "policies": [{"lr_scheduler": {"instance_name": "lr"}, "starting_epoch": 0, "ending_epoch": 5}]})
-    assert sched.policies == []
+    assert [(p.kind, p.instance_name, type(p.component).__name__) for p in sched.policies] == \
+        [("lr_scheduler", "lr", "Inactive")]
+    opt = sgd(model)
+    for epoch in range(3):
+        sched.on_epoch_end(epoch, opt)  # an optimizer handed to a hook does not wake it up
+    assert opt.param_groups[0]["lr"] == 0.05
     with pytest.raises(ScheduleError, match="unknown argument 'step'"):
         compress.dict_config(Plain(), None, {"lr_schedulers": {"lr": {"class": "StepLR", "step": 2}}})
 

@@ -40,6 +40,38 @@ def test_pruner_state_round_trip():
     assert other.state_dict() == state
 
 
+LR_AND_PRUNER = {
+    "pruners": {"p": {"class": "AutomatedGradualPruner", "initial_sparsity": 0.1, "final_sparsity": 0.5,
+                      "weights": ["conv1.weight"]}},
+    "lr_schedulers": {"lr": {"class": "StepLR", "step_size": 1, "gamma": 0.5}},
+    "policies": [{"pruner": {"instance_name": "p"}, "starting_epoch": 0, "ending_epoch": 3},
+                 {"lr_scheduler": {"instance_name": "lr"}, "starting_epoch": 0, "ending_epoch": 3}]}
+
+
+def test_a_scheduler_without_optimizer_loads_and_keeps_the_lr_schedule_state():
+    model = Plain()
+    opt = sgd(model)
+    sched = compress.dict_config(model, opt, LR_AND_PRUNER)
+    for epoch in range(2):
+        sched.on_epoch_begin(epoch, opt)
+        sched.on_epoch_end(epoch, opt)
+    state = sched.state_dict()
+    assert state["policies"]["lr_scheduler:lr"]["last_epoch"] == 2
+
+    inference = compress.dict_config(Plain(), None, LR_AND_PRUNER)  # e.g. rebuilding a checkpoint to test it
+    inference.load_state_dict(state)
+    assert inference.state_dict()["policies"] == state["policies"]  # saved back unchanged
+    assert torch.equal(inference.masks["conv1.weight"], sched.masks["conv1.weight"])
+
+    resumed_model = Plain()
+    resumed_opt = sgd(resumed_model)
+    resumed = compress.dict_config(resumed_model, resumed_opt, LR_AND_PRUNER)
+    resumed.load_state_dict(inference.state_dict())  # and a full build takes it back
+    resumed_opt.load_state_dict(opt.state_dict())
+    resumed.on_epoch_end(2, resumed_opt)
+    assert resumed_opt.param_groups[0]["lr"] == 0.05 * 0.5 ** 3
+
+
 def test_sparsity_summary_columns_values_and_total():
     model = Plain()
     with torch.no_grad():

@@ -1,11 +1,11 @@
 """Deblur Trainer and Tester in-process on tiny networks: hooks, both networks in the checkpoint, exact resume,
 the perceptual loss wired in, the reports hand-over."""
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
 
-from apps.common.options import RESULTS_ROOT
 from apps.deblur import Tester, Trainer, build_test_loader, build_train_loaders
 from tests.app_runs import drop_run_log_handlers
 from tests.apps.deblur.test_losses import _torchvision_vgg19_state
@@ -24,7 +24,8 @@ def _opt(**kw):
                 n_blocks=1, dropout=None, norm="instance", traindata=None, testdata=None, crop_size=16,
                 blur_size=5, noise=1.0, batchSize=2, testBatchSize=1, nEpochs=2, iters_per_epoch=2, lr=1e-3,
                 decay_epochs=None, compress=None, gan="wgan-gp", content_weight=100.0, perceptual_weights=None,
-                critic_iters=2, gp_weight=10.0, ndf=4, save="unit", resume=None, print_freq=1, given=[])
+                critic_iters=2, gp_weight=10.0, ndf=4, save="unit", checkpoint_dir="checkpoints", resume=None,
+                print_freq=1, given=[])
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -96,7 +97,7 @@ def test_tester_scores_writes_images_and_hands_the_same_metrics_to_the_reports(w
     _small_validation(Trainer(opt, *build_train_loaders(opt))).run()
     topt = argparse.Namespace(optform="Deblur", device="cpu", threads=0, seed=1, logdir="logs",
                               model="checkpoints/unit/best.pth", testdata=None, blur_size=5, noise=1.0, save="unit",
-                              reports=True, sense_type="filter")
+                              results_dir="results", reports=True, sense_type="filter")
     seen = {}
 
     def fake_write_reports(model, test_func, dummy_input, out_dir, sense_type="element", quantize_flag=False):
@@ -110,7 +111,7 @@ def test_tester_scores_writes_images_and_hands_the_same_metrics_to_the_reports(w
     small = [{k: (v[:, :48, :40] if torch.is_tensor(v) else v) for k, v in s.items()} for s in loader.dataset]
     tester = Tester(topt, torch.utils.data.DataLoader(small, batch_size=1))
     result = tester.run(topt)
-    assert seen["out"] == RESULTS_ROOT / "unit" / "reports" and seen["shape"] == (1, 3, 64, 64)
+    assert seen["out"] == Path("results/unit/reports") and seen["shape"] == (1, 3, 64, 64)
     assert seen["quantize"] is False
     for key in ("psnr", "ssim"):
         assert seen["metrics"][key] == pytest.approx(result["metrics"][key], abs=1e-9)

@@ -44,8 +44,11 @@ def test_filter_prune_yaml_trains_saves_and_reloads_into_the_app_model(tmp_path)
     model = C2SRCNN()
     x, y = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    sched = compress.file_config(model, opt, SCHEDULE, dummy_input=x[:1])
-    run_scheduled(model, opt, sched, 2, [(x, y)] * 2)
+    sched = compress.file_config(model, opt, SCHEDULE)  # Distiller's call: traced on the first forward
+    widths = []
+    run_scheduled(model, opt, sched, 2, [(x, y)] * 2,
+                  record=lambda epoch, i: widths.append(model.mid_part[1].out_channels))
+    assert widths == [12, 8, 8, 8]  # thinned in epoch 0's first forward (queued until the input is known)
     assert model.mid_part[0][0].out_channels == 8 and model.mid_part[1].out_channels == 8
     assert model.mid_part[1].in_channels == 8 and model.mid_part[3].in_channels == 8
     ckpt = {"format": 1, "app": "SR", "arch": {"name": "C2SRCNN", "kwargs": {}}, "model": model.state_dict(),
