@@ -1,4 +1,5 @@
-# Quick start: `make demo` trains and tests a compressed SR model; `make test` runs the test suite.
+# Quick start: `make demo` trains and tests a compressed SR model (`make demo-deblur`: a deblurring GAN);
+# `make test` runs the test suite.
 # Both create .venv and install what they need on first use.
 PYTHON ?= python3
 VENV := .venv
@@ -8,8 +9,11 @@ export PYTHONUNBUFFERED := 1
 # The demo's budget (about 3 minutes on 2 CPU cores).
 DEMO_ARGS_TRAIN ?= --nEpochs 8 --iters_per_epoch 150 --crop_size 32 --batchSize 16
 DEMO_ARGS_TEST ?=
+# The deblurring demo's budget: 8 epochs x 25 iterations of 8 64x64 crops, generator and critic (WGAN-GP).
+DEBLUR_ARGS_TRAIN ?= --nEpochs 8 --iters_per_epoch 25 --batchSize 8
+DEBLUR_ARGS_TEST ?=
 
-.PHONY: demo test test-slow setup setup-dev example lint clean
+.PHONY: demo demo-deblur test test-slow setup setup-dev example lint clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +35,10 @@ setup-dev: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(PY) train.py --optform=SR --compress=schedules/sr/agp_prune.yaml --save demo $(DEMO_ARGS_TRAIN)
 	$(PY) test.py --optform=SR --model=checkpoints/demo/best.pth $(DEMO_ARGS_TEST)
+
+demo-deblur: $(VENV)/.installed
+	$(PY) train.py --optform=Deblur --compress=schedules/deblur/agp_prune.yaml --save demo-deblur $(DEBLUR_ARGS_TRAIN)
+	$(PY) test.py --optform=Deblur --model=checkpoints/demo-deblur/best.pth $(DEBLUR_ARGS_TEST)
 
 example: $(VENV)/.installed
 	$(PY) examples/own_training_loop.py

@@ -1,4 +1,4 @@
-"""Train (and compress) a network: python train.py --optform=SR [--compress=schedules/sr/agp_prune.yaml] ..."""
+"""Train (and compress) a network: python train.py --optform=SR|Deblur [--compress=schedules/<app>/agp_prune.yaml] ..."""
 from __future__ import annotations
 
 import sys
@@ -9,7 +9,7 @@ from apputils.execution_env import run_entry
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch on --optform, train, and print where everything went."""
+    """Dispatch on --optform, train, and print the app's headline and where everything went."""
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def work() -> None:
@@ -17,9 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         opt = app.TrainOptions().parse(argv)
         trainer = app.Trainer(opt, *app.build_train_loaders(opt))
         result = trainer.run()
-        print(f"\nrun {result['run']}: best validation PSNR {result['best_psnr']:.3f} dB at epoch "
-              f"{result['best_epoch'] + 1} (bicubic {result['bicubic_psnr']:.3f} dB), "
-              f"{result['nonzero_params']} non-zero parameters")
+        print(f"\nrun {result['run']}: {result['headline']}")
         print(f"  best checkpoint    {result['best']}")
         print(f"  latest checkpoint  {result['latest']}  (continue with --resume {result['latest']})")
         print(f"  log                {result['log']}")

@@ -3,6 +3,16 @@
 An app package provides `TrainOptions`, `TestOptions`, `Trainer`, `Tester`, `build_train_loaders(opt)`
 and `build_test_loader(opt)`. train.py / test.py look the app up here, so adding an app means adding
 one folder and one `register_app` line below; the entry points never change.
+
+The contract the entry points rely on (apps.common gives the shared parts):
+- `TrainOptions().parse(argv)` / `TestOptions().parse(argv)` -> argparse.Namespace (`--optform` first);
+- `Trainer(opt, train_loader, val_loader).run()` -> dict with `run`, `headline` (the app's one-line
+  result, e.g. best PSNR beside its baseline), `best`, `latest`, `log`, `tensorboard`: subclass
+  apps.common.solver.AppTrainer, which runs the epochs with the compression scheduler's hooks and
+  writes the checkpoints; the compressed network is `self.model` with `self.optimizer`, any other
+  network an app trains (a GAN's critic, with its own optimizer) goes into the checkpoint beside it;
+- `Tester(opt, test_loader).run(opt)` -> dict with `table` (printed), `images`, `log` and, with
+  --reports, `reports`: subclass apps.common.solver.AppTester.
 """
 from __future__ import annotations
 
@@ -56,3 +66,4 @@ def optform(argv: Sequence[str]) -> str:
 
 
 register_app("SR", "apps.sr")
+register_app("Deblur", "apps.deblur")

@@ -6,6 +6,10 @@ Contract (format 1)::
      'model': state_dict, 'schedule': plain schedule dict or None, 'scheduler': state or None,
      'optimizer': state or None, 'epoch': int, 'best_metric': float, 'options': dict, ...}
 
+'model' / 'optimizer' are the network the schedule compresses and test.py deploys. An app that trains
+more networks (a GAN's critic) keeps each under 'networks': {name: {'arch', 'model', 'optimizer'}},
+uncompressed; `rebuild_model(ckpt['networks'][name], build, optimizer_factory=...)` restores one.
+
 A compressed model (thinned, quantized) is rebuilt, never unpickled: build the dense architecture,
 replay the schedule with `compress.dict_config`, restore the scheduler state (which re-applies
 thinning recipes and quantizer module swaps), then load the weights (`rebuild_model`).

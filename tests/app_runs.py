@@ -1,9 +1,12 @@
 """Running train.py / test.py as a user does, in a subprocess, on a tiny budget (shared by the e2e tests)."""
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -50,3 +53,26 @@ def small_validation_set(folder: Path) -> None:
 
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def kill_mid_epoch(cwd: Path, args: list[str], latest: Path) -> int:
+    """Start train.py with `args`, SIGKILL it just after its first checkpoint `latest` (into the next epoch);
+    returns the epoch that checkpoint holds."""
+    proc = subprocess.Popen(command("train.py", *args), cwd=cwd, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    return int(load(latest)["epoch"])
+
+
+def drop_run_log_handlers() -> None:
+    """Remove the log handlers train / test runs add to the root logger (in-process runs in tests)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_imagegen_run", None) or getattr(h, "_imagegen_console", None):
+            root.removeHandler(h)

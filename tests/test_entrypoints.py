@@ -1,15 +1,12 @@
 """train.py / test.py as a user runs them: end to end on the embedded photographs, errors, SIGKILL + resume."""
 import csv
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tests.app_runs import AGP, ENV, ROOT, TINY, command, load, run_app, small_validation_set
+from tests.app_runs import AGP, ROOT, TINY, kill_mid_epoch, load, run_app, small_validation_set
 
 
 def test_train_then_test_end_to_end(tmp_path):
@@ -104,18 +101,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     r = run_app(tmp_path, "train.py", *args, "--save", "full")
     assert r.returncode == 0, r.stderr
 
-    proc = subprocess.Popen(command("train.py", *args, "--save", "killed"), cwd=tmp_path, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = tmp_path / "checkpoints/killed/latest.pth"
-    deadline = time.time() + 120
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)  # into the next epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = load(latest)["epoch"]
-    assert killed_at < 2
+    assert kill_mid_epoch(tmp_path, [*args, "--save", "killed"], latest) < 2
 
     r = run_app(tmp_path, "train.py", "--optform=SR", "--resume", str(latest))
     assert r.returncode == 0, r.stderr

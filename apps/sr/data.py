@@ -15,88 +15,49 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
-from apputils.execution_env import UserError
+from apps.common.images import (
+    EMBEDDED_TEST,
+    EMBEDDED_TRAIN,
+    EMBEDDED_VALIDATION,
+    DataError,
+    check_dir,
+    embedded_dir,
+    embedded_paths,
+    images_in,
+    load_rgb,
+)
 
 from .metrics import rgb_to_ycbcr
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm")
-EMBEDDED_TEST = ("astronaut.png", "chelsea.png", "coffee.png")
-EMBEDDED_VALIDATION = ("rocket.jpg",)
-EMBEDDED_TRAIN = ("motorcycle_left.png", "motorcycle_right.png", "ihc.png", "hubble_deep_field.jpg",
-                  "camera.png", "brick.png", "grass.png", "gravel.png", "moon.png", "coins.png",
-                  "cell.png", "page.png", "text.png")
-
-
-class DataError(UserError, ValueError):
-    """A data folder or image that cannot be used; the message says which and how to fix it."""
-
-
-def embedded_dir() -> Path:
-    """The folder of sample photographs inside the installed scikit-image package."""
-    return Path(str(resources.files("skimage") / "data"))
-
-
-def _embedded(names: tuple[str, ...]) -> list[Path]:
-    folder = embedded_dir()
-    paths = [folder / n for n in names]
-    missing = [p.name for p in paths if not p.is_file()]
-    if missing:
-        raise DataError(f"the embedded sample images {missing} are missing from {folder}; reinstall "
-                        f"scikit-image (pip install --force-reinstall 'scikit-image>=0.24') or pass a data folder")
-    return paths
-
-
-def _images_in(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in '{folder}'; point the option at a "
-                        f"folder of HR images or at a BSDS300 root (with images/train and images/test)")
-    return files
-
-
-def _check_dir(directory: str | Path) -> Path:
-    folder = Path(directory).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"data folder '{directory}' does not exist or is not a folder; give a folder of HR "
-                        f"images or a BSDS300 root, or leave the option out to use the embedded photographs")
-    return folder
+_EXPECTED = "point the option at a folder of HR images or at a BSDS300 root (with images/train and images/test)"
+_MISSING = ("give a folder of HR images or a BSDS300 root, or leave the option out to use the embedded "
+            "photographs")
 
 
 def image_paths(split: str, directory: str | Path | None) -> list[Path]:
     """The HR image files of `split` ('train', 'validation' or 'test') in `directory` (None: embedded)."""
     if directory is None:
-        names = {"train": EMBEDDED_TRAIN, "validation": EMBEDDED_VALIDATION, "test": EMBEDDED_TEST}[split]
-        return _embedded(names)
-    folder = _check_dir(directory)
+        return embedded_paths(split)
+    folder = check_dir(directory, _MISSING)
     bsds = folder / "images"
     if (bsds / "train").is_dir() and (bsds / "test").is_dir():
-        return _images_in(bsds / ("train" if split == "train" else "test"))
-    files = _images_in(folder)
+        return images_in(bsds / ("train" if split == "train" else "test"), _EXPECTED)
+    files = images_in(folder, _EXPECTED)
     if split == "test" or len(files) == 1:
         if split != "test":
             log.warning("'%s' holds a single image: training and validating on the same image", folder)
         return files
     held_out = max(1, len(files) // 10)
     return files[-held_out:] if split == "validation" else files[:-held_out]
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    """An image file as HxWx3 uint8 RGB (grey and RGBA images are converted)."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as err:
-        raise DataError(f"cannot read image '{path}': {err}; remove or replace the file") from err
 
 
 def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -202,3 +163,8 @@ def get_validation_set(upscale_factor: int, directory: str | Path | None = None)
 def get_testing_set(upscale_factor: int, directory: str | Path | None = None) -> SRImageDataset:
     """Whole test images of `directory` (None: the embedded photographs)."""
     return SRImageDataset(image_paths("test", directory), upscale_factor)
+
+
+__all__ = ["EMBEDDED_TEST", "EMBEDDED_TRAIN", "EMBEDDED_VALIDATION", "DataError", "SRImageDataset", "SRSample",
+           "SRTrainingDataset", "degrade", "embedded_dir", "get_testing_set", "get_training_set", "get_validation_set",
+           "image_paths", "load_rgb"]

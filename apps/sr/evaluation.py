@@ -9,6 +9,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from apps.common.evaluation import dataset_cache
+from apps.common.solver import resolve_device
+
 from .metrics import psnr, ssim, to_uint8
 from .models import input_kind
 
@@ -25,29 +28,9 @@ class ImageScore:
     loss: float
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is refused by the caller's options."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def model_input(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """The tensor `model` takes: the bicubic-upscaled Y (pre-upsampling nets) or the LR Y."""
     return batch["bicubic" if input_kind(model) == "bicubic" else "lr"].to(device)
-
-
-def _baseline_cache(loader: DataLoader) -> dict[tuple[str, int], tuple[float, float]]:
-    """Bicubic scores by (image, border), kept on the dataset object (fresh dict per dataset)."""
-    dataset = loader.dataset
-    cache = getattr(dataset, "_bicubic_scores", None)
-    if cache is None:
-        cache = {}
-        try:
-            dataset._bicubic_scores = cache
-        except AttributeError:  # a dataset that takes no attributes: no caching
-            pass
-    return cache
 
 
 @torch.no_grad()
@@ -60,7 +43,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, border:
     was_training = model.training
     model.eval()
     scores: list[ImageScore] = []
-    cache = _baseline_cache(loader)
+    cache = dataset_cache(loader, "_bicubic_scores")
     try:
         for batch in loader:
             out = model(model_input(model, batch, device)).float().cpu()
@@ -89,3 +72,6 @@ def mean_scores(scores: list[ImageScore]) -> dict[str, float]:
                 "bicubic_psnr": float("nan"), "bicubic_ssim": float("nan")}
     return {key: float(np.mean([getattr(s, key) for s in scores]))
             for key in ("psnr", "ssim", "loss", "bicubic_psnr", "bicubic_ssim")}
+
+
+__all__ = ["ImageScore", "evaluate", "mean_scores", "model_input", "resolve_device"]

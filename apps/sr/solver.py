@@ -1,33 +1,20 @@
 """The SR Trainer: builds the model, runs the training loop with the compression scheduler's hooks,
-validates, and keeps checkpoints/<run>/latest.pth and best.pth."""
+validates, and keeps checkpoints/<run>/latest.pth and best.pth (the loop around it: apps.common.solver)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
-import shutil
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from apputils.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    rebuild_model,
-    rng_states,
-    save_checkpoint,
-    set_rng_states,
-)
-from apputils.execution_env import FILE_ONLY, RunEnv, UserError, log_env_info, setup_run
+from apps.common.solver import AppTrainer, archive, deterministic_cudnn, layer_sparsity, nonzero_parameters
+from apputils.checkpoint import CheckpointError, load_checkpoint, rebuild_model
+from apputils.execution_env import UserError
 
-from .evaluation import evaluate, mean_scores, model_input, resolve_device
+from .evaluation import evaluate, mean_scores, model_input
 from .models import MODELS, build_model
 from .teacher import OtherInputTeacher
 
@@ -56,80 +43,14 @@ def dummy_input(scale: int, kind: str, device: torch.device | str = "cpu") -> to
     return torch.zeros(1, 1, side, side, device=device)
 
 
-def layer_sparsity(model: nn.Module) -> dict[str, float]:
-    """Fraction of zero elements of every weight with more than one dimension."""
-    return {name: float((p == 0).sum()) / p.numel() for name, p in model.named_parameters() if p.dim() > 1}
-
-
-def nonzero_parameters(model: nn.Module) -> int:
-    """Number of non-zero parameters (what pruning and thinning reduce)."""
-    return int(sum(int((p != 0).sum()) for p in model.parameters()))
-
-
-def archive(folder: Path) -> Path | None:
-    """Move an existing run folder aside to <folder>_archived_<time> (BasicSR's habit); returns the new path."""
-    if not folder.exists():
-        return None
-    target = folder.with_name(f"{folder.name}_archived_{time.strftime('%Y%m%d-%H%M%S')}")
-    n = 1
-    while target.exists():
-        target = folder.with_name(f"{folder.name}_archived_{time.strftime('%Y%m%d-%H%M%S')}_{n}")
-        n += 1
-    try:
-        folder.rename(target)
-    except OSError as err:
-        raise UserError(f"cannot move the earlier run '{folder}' aside to '{target}' ({err}); choose another "
-                        f"--save") from err
-    return target
-
-
-@contextlib.contextmanager
-def deterministic_cudnn(device: torch.device) -> Iterator[None]:
-    """On CUDA, deterministic cuDNN kernels chosen without benchmarking while the block runs; the flags after.
-
-    cuDNN's default kernels may sum gradients with atomics (a different order each run) and benchmark
-    mode may pick other kernels in another process: a resumed run must repeat an uninterrupted one bit
-    for bit (README), so only deterministic kernels, chosen the same way.
-    """
-    if device.type != "cuda":
-        yield
-        return
-    cudnn = torch.backends.cudnn
-    saved = cudnn.deterministic, cudnn.benchmark
-    cudnn.deterministic, cudnn.benchmark = True, False
-    log.info("cuDNN for this run: deterministic kernels, benchmark off (was deterministic=%s, benchmark=%s; "
-             "restored when the run ends)", *saved)
-    try:
-        yield
-    finally:
-        cudnn.deterministic, cudnn.benchmark = saved
-
-
-class Trainer:
+class Trainer(AppTrainer):
     """Trains an SR network on Y patches: `Trainer(config, training_loader, validation_loader).run()`.
 
     `best.pth` is the checkpoint with the fewest non-zero parameters and, among those, the best
     validation PSNR, so a compression run's best model is always a fully compressed one.
     """
 
-    def __init__(self, config: argparse.Namespace, training_loader: DataLoader, validation_loader: DataLoader):
-        self.opt = config
-        self.training_loader = training_loader
-        self.validation_loader = validation_loader
-        self.device = resolve_device(config.device)
-        self.model: nn.Module | None = None
-        self.criterion: nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.compression_scheduler: Any = None
-        self.start_epoch = 0
-        self.epoch = -1
-        self.best_metric = -math.inf
-        self.best_epoch = -1
-        self.best_key: tuple[int, float] | None = None
-        self.global_step = 0
-        self.env: RunEnv | None = None
-        self.run_dir = Path(config.checkpoint_dir) / config.save
-        self.history: list[dict[str, float]] = []
+    APP = APP
 
     # -- model ------------------------------------------------------------------------------------
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -172,28 +93,12 @@ class Trainer:
         self.criterion = nn.MSELoss()
         teachers = self.teachers()
         if self.opt.resume:
-            ckpt = load_checkpoint(self.opt.resume, APP)
-            latest = self.run_dir / "latest.pth"
-            if latest.exists() and latest.resolve() != Path(self.opt.resume).resolve():
-                kept = latest.with_name(f"latest_before_resume_{time.strftime('%Y%m%d-%H%M%S')}.pth")
-                shutil.copy2(latest, kept)  # resuming from an older file must not lose the newer one
-                log.warning("resuming from %s: the run's newer %s was kept as %s", self.opt.resume, latest, kept)
+            ckpt = self.load_resume()
             kind = arch_input_kind(ckpt["arch"]["name"])
             self.model, self.compression_scheduler, self.optimizer = rebuild_model(
                 ckpt, build_model, optimizer_factory=self._optimizer, device=self.device,
                 dummy_input=dummy_input(self.opt.upscale_factor, kind, self.device), teachers=teachers)
-            self.epoch = int(ckpt["epoch"])
-            self.start_epoch = self.epoch + 1
-            self.best_metric = float(ckpt.get("best_metric", -math.inf))
-            self.best_epoch = int(ckpt.get("best_epoch", -1))
-            key = ckpt.get("best_key")
-            self.best_key = (int(key[0]), float(key[1])) if key else None
-            self.global_step = int(ckpt.get("global_step", 0))
-            self.history = list(ckpt.get("history", []))
-            if ckpt.get("rng"):
-                set_rng_states(ckpt["rng"])
-            log.info("resumed %s at the end of epoch %d (best PSNR %.3f dB at epoch %d)",
-                     self.opt.resume, self.epoch, self.best_metric, self.best_epoch)
+            self.restore_progress(ckpt)
             return
         torch.manual_seed(self.opt.seed)
         self.model = build_model(self.opt.model, arch_of(self.opt)["kwargs"]).to(self.device)
@@ -208,45 +113,21 @@ class Trainer:
     # -- one epoch --------------------------------------------------------------------------------
     def train(self, epoch: int, compression_scheduler: Any = None) -> float:
         """One epoch over the training loader with the scheduler's hooks; returns the mean loss."""
-        model, optimizer, sched = self.model, self.optimizer, compression_scheduler
+        model, sched = self.model, compression_scheduler
         model.train()
-        dataset = self.training_loader.dataset
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
         n = len(self.training_loader)
-        total, count = 0.0, 0
-        bar = tqdm(self.training_loader, total=n, desc=f"epoch {epoch + 1}/{self.opt.nEpochs}",
-                   leave=False, dynamic_ncols=True, mininterval=0.5)
+        total = 0.0
+        bar = self.epoch_bar(epoch)
         for i, batch in enumerate(bar):
             if sched is not None:
-                sched.on_minibatch_begin(epoch, i, n, optimizer)
+                sched.on_minibatch_begin(epoch, i, n, self.optimizer)
             output = model(model_input(model, batch, self.device))
             loss = self.criterion(output, batch["hr"].to(self.device))
-            parts: dict[str, torch.Tensor] = {}
-            if sched is not None:
-                loss, parts = sched.before_backward_pass(epoch, i, n, loss, optimizer, return_loss_components=True)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if sched is not None:
-                sched.before_parameter_optimization(epoch, i, n, optimizer)
-            optimizer.step()
-            if sched is not None:
-                sched.on_minibatch_end(epoch, i, n, optimizer)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise UserError(f"the training loss became {value} at epoch {epoch}, minibatch {i}; "
-                                f"lower --lr (now {self.opt.lr}) or check the schedule's regularizers")
+            value, parts = self.optimizer_step(epoch, i, n, loss, sched)
             total += value
-            count += 1
-            self.global_step += 1
-            if i % self.opt.print_freq == 0 or i == n - 1:
-                bar.set_postfix(loss=f"{value:.5f}")
-                log.info("epoch %d [%d/%d] loss %.6f", epoch, i + 1, n, value, extra=FILE_ONLY)
-                self.env.writer.add_scalar("train/loss", value, self.global_step)
-                for key, term in parts.items():
-                    self.env.writer.add_scalar(f"train/{key}", float(term.detach()), self.global_step)
+            self.log_step(bar, epoch, i, n, value, {k: float(v.detach()) for k, v in parts.items()})
         bar.close()
-        return total / max(count, 1)
+        return total / max(n, 1)
 
     def validate(self) -> dict[str, float]:
         """Mean PSNR / SSIM / loss on the validation images (and the bicubic baseline)."""
@@ -256,112 +137,39 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
         """The checkpoint dict of the current state (see apputils/checkpoint.py for the contract)."""
-        sched = self.compression_scheduler
-        options = {k: v for k, v in vars(self.opt).items() if k != "given"}
-        return {"format": 1, "app": APP, "arch": arch_of(self.opt),
-                "model": self.model.state_dict(),
-                "schedule": sched.schedule if sched is not None else None,
-                "scheduler": sched.state_dict() if sched is not None else None,
-                "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
-                "best_metric": float(self.best_metric), "best_epoch": self.best_epoch,
-                "best_key": list(self.best_key) if self.best_key else None,
-                "global_step": self.global_step, "history": self.history,
-                "options": options, "rng": rng_states(), "run": self.opt.save}
-
-    def save(self, metrics: dict[str, float] | None = None) -> bool:
-        """Write latest.pth, and best.pth when this epoch is the best so far; True if it was."""
-        state = self.checkpoint()
-        is_best = False
-        if metrics is not None:
-            key = (-nonzero_parameters(self.model), metrics["psnr"])
-            if self.best_key is None or key > self.best_key:
-                self.best_key, self.best_metric, self.best_epoch = key, metrics["psnr"], self.epoch
-                state.update(best_metric=float(self.best_metric), best_epoch=self.best_epoch, best_key=list(key))
-                is_best = True
-        save_checkpoint(state, self.run_dir / "latest.pth")
-        if is_best:
-            save_checkpoint(state, self.run_dir / "best.pth")
-        return is_best
+        return {**self.progress(), "arch": arch_of(self.opt), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
 
     # -- main -------------------------------------------------------------------------------------
-    def _log_epoch(self, epoch: int, train_loss: float, metrics: dict[str, float], seconds: float) -> None:
+    def log_epoch(self, epoch: int, train_loss: float, metrics: dict[str, float], seconds: float) -> None:
+        """Loss, PSNR / SSIM (and bicubic's), LR and sparsity to TensorBoard; one line to the log."""
         w = self.env.writer
         lr = self.optimizer.param_groups[0]["lr"]
-        sparsity = layer_sparsity(self.model)
-        total = sum(float((p == 0).sum()) for p in self.model.parameters() if p.dim() > 1)
-        size = sum(p.numel() for p in self.model.parameters() if p.dim() > 1)
-        overall = total / max(size, 1)
         w.add_scalar("train/epoch_loss", train_loss, epoch)
         w.add_scalar("val/psnr", metrics["psnr"], epoch)
         w.add_scalar("val/ssim", metrics["ssim"], epoch)
         w.add_scalar("val/loss", metrics["loss"], epoch)
         w.add_scalar("val/bicubic_psnr", metrics["bicubic_psnr"], epoch)
         w.add_scalar("lr", lr, epoch)
-        w.add_scalar("sparsity/total", overall, epoch)
-        for name, value in sparsity.items():
-            w.add_scalar(f"sparsity/{name}", value, epoch)
+        overall = self.log_sparsity(epoch)
         w.flush()
         log.info("epoch %d/%d  loss %.5f  val PSNR %.3f dB (bicubic %.3f)  SSIM %.4f  lr %.2e  "
                  "weight sparsity %.1f%%  params %d  %.1fs", epoch + 1, self.opt.nEpochs, train_loss,
                  metrics["psnr"], metrics["bicubic_psnr"], metrics["ssim"], lr, 100 * overall,
                  nonzero_parameters(self.model), seconds)
 
-    def start(self) -> RunEnv:
-        """Where the run begins touching the disk: a new run moves an earlier run of its name aside, then
-        the log and TensorBoard folder open (the moves are logged there)."""
-        moved = [] if self.opt.resume else [
-            (folder, archive(folder)) for folder in (self.run_dir, Path(self.opt.logdir) / self.opt.save)]
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)  # now, not after the first epoch
-        except OSError as err:
-            raise UserError(f"cannot create the checkpoint folder '{self.run_dir}' ({err}); choose another "
-                            f"--checkpoint_dir") from err
-        self.env = setup_run(self.opt.save, self.opt.logdir)
-        for folder, target in moved:
-            if target is not None:
-                log.warning("'%s' already existed: moved it to '%s'", folder, target)
-        log.info("checkpoints of this run go to %s", self.run_dir)
-        return self.env
+    def describe(self) -> str:
+        """The model, its size, the schedule and the device."""
+        return (f"model {self.opt.model} x{self.opt.upscale_factor}: "
+                f"{sum(p.numel() for p in self.model.parameters())} parameters, schedule "
+                f"{self.opt.compress or 'none (dense)'}, device {self.device}")
 
-    def run(self) -> dict[str, Any]:
-        """Start, build, train all epochs (hooks in the order of DESIGN.md §2), validate and save each epoch."""
-        self.start()
-        try:
-            with deterministic_cudnn(self.device):
-                log_env_info()
-                log.info("options: %s", {k: v for k, v in vars(self.opt).items() if k != "given"}, extra=FILE_ONLY)
-                self.build_model()
-                sched = self.compression_scheduler
-                log.info("model %s x%d: %d parameters, schedule %s, device %s", self.opt.model,
-                         self.opt.upscale_factor, sum(p.numel() for p in self.model.parameters()),
-                         self.opt.compress or "none (dense)", self.device)
-                if self.start_epoch >= self.opt.nEpochs:
-                    log.info("the run already finished %d epochs (--nEpochs %d): nothing to train",
-                             self.start_epoch, self.opt.nEpochs)
-                for epoch in range(self.start_epoch, self.opt.nEpochs):
-                    t0 = time.perf_counter()
-                    if sched is not None:
-                        sched.on_epoch_begin(epoch, self.optimizer)
-                    train_loss = self.train(epoch, sched)
-                    metrics = self.validate()
-                    if sched is not None:
-                        sched.on_epoch_end(epoch, self.optimizer, metrics=metrics)
-                    self.epoch = epoch
-                    self.history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
-                    self._log_epoch(epoch, train_loss, metrics, time.perf_counter() - t0)
-                    self.save(metrics)
-                return self.summary()
-        finally:
-            self.env.close()
-
-    def summary(self) -> dict[str, Any]:
-        """Where everything went and the best result."""
+    def headline(self) -> str:
+        """Best validation PSNR, the bicubic baseline, non-zero parameters."""
         last = self.history[-1] if self.history else {}
-        return {"run": self.opt.save, "best": str(self.run_dir / "best.pth"),
-                "latest": str(self.run_dir / "latest.pth"), "log": str(self.env.log_file),
-                "tensorboard": str(self.env.folder), "best_epoch": self.best_epoch,
-                "best_psnr": self.best_metric, "bicubic_psnr": last.get("bicubic_psnr"),
-                "nonzero_params": nonzero_parameters(self.model)}
+        bicubic = last.get("bicubic_psnr", math.nan)
+        return (f"best validation PSNR {self.best_metric:.3f} dB at epoch {self.best_epoch + 1} "
+                f"(bicubic {bicubic:.3f} dB), {nonzero_parameters(self.model)} non-zero parameters")
 
 
 __all__ = ["CheckpointError", "Trainer", "archive", "arch_input_kind", "arch_of", "deterministic_cudnn", "dummy_input",

@@ -2,10 +2,8 @@
 images, writes the SR images and the table, and optionally the reports."""
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,46 +11,33 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader
 
+from apps.common.solver import AppTester, nonzero_parameters, score_table
 from apputils.checkpoint import load_checkpoint, rebuild_model
-from apputils.execution_env import FILE_ONLY, UserError, log_env_info, setup_run
+from apputils.execution_env import UserError
 
-from .evaluation import ImageScore, evaluate, mean_scores, resolve_device
+from .evaluation import ImageScore, evaluate, mean_scores
 from .metrics import psnr, ssim, to_uint8, ycbcr_to_rgb
 from .models import build_model, input_kind
-from .solver import APP, arch_input_kind, dummy_input, nonzero_parameters
+from .solver import APP, arch_input_kind, dummy_input
 
 log = logging.getLogger(__name__)
 
 
 def format_table(scores: list[ImageScore], scale: int) -> str:
     """A plain-text table: one row per image and the mean, model beside bicubic."""
-    head = f"{'image':<16}{'bicubic PSNR':>14}{'SSIM':>8}{'model PSNR':>13}{'SSIM':>8}{'gain dB':>9}"
-    lines = [f"x{scale} super-resolution, Y channel, {scale}-pixel border cropped", head, "-" * len(head)]
-    for s in scores:
-        lines.append(f"{s.name:<16}{s.bicubic_psnr:>14.3f}{s.bicubic_ssim:>8.4f}{s.psnr:>13.3f}{s.ssim:>8.4f}"
-                     f"{s.psnr - s.bicubic_psnr:>+9.3f}")
     m = mean_scores(scores)
-    lines += ["-" * len(head), f"{'mean':<16}{m['bicubic_psnr']:>14.3f}{m['bicubic_ssim']:>8.4f}{m['psnr']:>13.3f}"
-              f"{m['ssim']:>8.4f}{m['psnr'] - m['bicubic_psnr']:>+9.3f}"]
-    return "\n".join(lines)
+    return score_table(f"x{scale} super-resolution, Y channel, {scale}-pixel border cropped", "bicubic", "model",
+                       [(s.name, s.bicubic_psnr, s.bicubic_ssim, s.psnr, s.ssim) for s in scores],
+                       (m["bicubic_psnr"], m["bicubic_ssim"], m["psnr"], m["ssim"]))
 
 
-class Tester:
+class Tester(AppTester):
     """Tests an SR checkpoint: `Tester(config, testing_loader).run(config)`."""
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, config: argparse.Namespace, testing_loader: DataLoader):
-        self.opt = config
-        self.testing_loader = testing_loader
-        self.device = resolve_device(config.device)
-        self.model: nn.Module | None = None
-        self.criterion: nn.Module | None = None
-        self.checkpoint: dict[str, Any] | None = None
-        self.out_dir = Path(config.results_dir) / config.save
-        self.scores: list[ImageScore] = []
+    APP = APP
 
     def build_model(self) -> nn.Module:
         """Rebuild the model from the checkpoint (thinning / quantization replayed from its schedule)."""
@@ -100,35 +85,9 @@ class Tester:
                              f"{m['bicubic_ssim']:.5f}", f"{m['loss']:.7f}"])
         return path
 
-    def run(self, opt: argparse.Namespace | None = None) -> dict[str, Any]:
-        """Build, test, write images and table; with --reports also the reports (apputils.reports)."""
-        opt = opt or self.opt
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"cannot create the results folder '{self.out_dir}' ({err}); choose another "
-                            f"--results_dir") from err
-        env = setup_run(f"{opt.save}_test", opt.logdir)
-        try:
-            log_env_info()
-            model = self.build_model()
-            t0 = time.perf_counter()
-            means = self.test(model, save_images=True)
-            seconds = time.perf_counter() - t0
-            table = format_table(self.scores, opt.upscale_factor)
-            for line in table.splitlines():
-                log.info(line, extra=FILE_ONLY)
-            csv_path = self.write_table()
-            env.writer.add_scalar("test/psnr", means["psnr"], 0)
-            env.writer.add_scalar("test/ssim", means["ssim"], 0)
-            result: dict[str, Any] = {"table": table, "metrics": means, "csv": str(csv_path),
-                                      "images": str(self.out_dir), "log": str(env.log_file),
-                                      "seconds": seconds, "nonzero_params": nonzero_parameters(model)}
-            if opt.reports:
-                result["reports"] = self.reports(model)
-            return result
-        finally:
-            env.close()
+    def table(self) -> str:
+        """The per-image table, model beside bicubic."""
+        return format_table(self.scores, self.opt.upscale_factor)
 
     def reports(self, model: nn.Module) -> dict[str, Any]:
         """Sensitivity / sparsity / MACs / ONNX / drawing reports into results/<run>/reports/.

@@ -13,6 +13,7 @@ from PIL import Image
 from apps.sr import Tester, Trainer, TrainOptions, build_test_loader, build_train_loaders
 from apps.sr.data import embedded_dir, load_rgb
 from apps.sr.solver import deterministic_cudnn
+from tests.app_runs import drop_run_log_handlers
 
 
 class Recorder:
@@ -48,10 +49,7 @@ def data(tmp_path, monkeypatch):
     for i, (y, x) in enumerate([(0, 0), (100, 200), (300, 60)]):
         Image.fromarray(rgb[y:y + 40, x:x + 44]).save(tmp_path / "imgs" / f"{i}.png")
     yield tmp_path
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_imagegen_run", None) or getattr(h, "_imagegen_console", None):
-            root.removeHandler(h)
+    drop_run_log_handlers()
 
 
 def _opt(**kw):

@@ -1,0 +1,2 @@
+"""What every app shares: run options, the embedded photographs and image folders, 8-bit image metrics,
+and the Trainer / Tester base classes that keep checkpoints, logs and results the same across apps."""
