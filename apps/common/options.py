@@ -109,8 +109,7 @@ def add_test_options(p: argparse.ArgumentParser, outputs: str) -> None:
 
 
 def settle_test_run(opt: argparse.Namespace, ckpt: dict[str, Any]) -> argparse.Namespace:
-    """Check --results_dir; a test's run name: --save, else the checkpoint's run (else its folder's name)."""
-    check_folder(opt.results_dir, "--results_dir")
+    """A test's run name: --save, else the checkpoint's run (else its folder's name)."""
     if opt.save is None:
         opt.save = str(ckpt.get("run") or Path(opt.model).resolve().parent.name)
     check_run_name(opt.save, "--results_dir")
@@ -118,10 +117,14 @@ def settle_test_run(opt: argparse.Namespace, ckpt: dict[str, Any]) -> argparse.N
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse `argv`, refuse --device cuda without CUDA, and record in `given` which options the user typed."""
+    """Parse `argv`, refuse --device cuda without CUDA and folder options that name files, and record in
+    `given` which options the user typed."""
     opt = parser.parse_args(argv)
     if opt.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was given but no CUDA device is available; use --device cpu or auto")
+    for folder in ("checkpoint_dir", "results_dir"):
+        if hasattr(opt, folder):
+            check_folder(getattr(opt, folder), f"--{folder}")
     # which options the user typed, so a resumed run can tell a deliberate change from a default
     probe = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     for action in parser._actions:
@@ -139,7 +142,6 @@ def resume_options(opt: argparse.Namespace, saved: dict[str, Any],
                    may_change: Sequence[str] = RESUME_MAY_CHANGE) -> argparse.Namespace:
     """A resumed run's options: the checkpoint's `saved` options, except those in `may_change` the user typed;
     the run continues in the folder the checkpoint is in (wherever it was moved) unless --checkpoint_dir."""
-    check_folder(opt.checkpoint_dir, "--checkpoint_dir")
     for key, value in saved.items():
         if key in ("resume", "given") or not hasattr(opt, key):
             continue
@@ -161,8 +163,7 @@ def resume_options(opt: argparse.Namespace, saved: dict[str, Any],
 
 
 def settle_new_run(opt: argparse.Namespace, prefix: str, schedules: str) -> argparse.Namespace:
-    """Check --checkpoint_dir and --compress, name the run (<prefix>_<schedule>_<time> unless --save)."""
-    check_folder(opt.checkpoint_dir, "--checkpoint_dir")
+    """Check --compress, name the run (<prefix>_<schedule>_<time> unless --save)."""
     if opt.compress and not Path(opt.compress).is_file():
         raise UserError(f"--compress: schedule file '{opt.compress}' does not exist; see {schedules} "
                         f"for the shipped ones")

@@ -45,15 +45,16 @@ def test_resume_and_test_take_the_checkpoints_settings(tmp_path, monkeypatch):
     options = {"optform": "Deblur", "model": "DeblurGAN-CPU", "ngf": 4, "blur_size": 9, "noise": 2.0,
                "nEpochs": 3, "save": "old", "lr": 0.01}
     save_checkpoint({"format": 1, "app": "Deblur", "arch": {"name": "ResnetGenerator", "kwargs": {}}, "model": {},
-                     "epoch": 0, "options": options, "run": "old"}, tmp_path / "c.pth")
-    opt = TrainOptions().parse(["--optform=Deblur", "--resume", "c.pth", "--nEpochs", "5", "--blur_size", "21"])
+                     "epoch": 0, "options": options, "run": "old"}, tmp_path / "checkpoints/old/c.pth")
+    opt = TrainOptions().parse(["--optform=Deblur", "--resume", "checkpoints/old/c.pth", "--nEpochs", "5",
+                                "--blur_size", "21"])
     assert opt.ngf == 4 and opt.blur_size == 9 and opt.nEpochs == 5 and opt.save == "old" and opt.lr == 0.01
-    topt = TestOptions().parse(["--optform=Deblur", "--model", "c.pth"])
+    topt = TestOptions().parse(["--optform=Deblur", "--model", "checkpoints/old/c.pth"])
     assert topt.blur_size == 9 and topt.noise == 2.0 and topt.save == "old"
-    assert TestOptions().parse(["--optform=Deblur", "--model", "c.pth", "--blur_size", "5"]).blur_size == 5
+    assert TestOptions().parse(["--optform=Deblur", "--model", "checkpoints/old/c.pth", "--blur_size", "5"]).blur_size == 5
     with pytest.raises(UserError, match="trained by app 'Deblur', not 'SR'"):
         from apps.sr.options import TestOptions as SRTestOptions
-        SRTestOptions().parse(["--optform=SR", "--model", "c.pth"])
+        SRTestOptions().parse(["--optform=SR", "--model", "checkpoints/old/c.pth"])
 
 
 def test_lr_stays_then_falls_linearly_over_the_decay_epochs():
