@@ -276,7 +276,7 @@ class AppTrainer:
         return self.env
 
     def run(self) -> dict[str, Any]:
-        """Start, build, train all epochs (hooks in the order of DESIGN.md §2), validate and save each epoch."""
+        """Start, build, train all epochs (hooks in the order of docs/architecture.md), validate and save each epoch."""
         self.start()
         try:
             with deterministic_cudnn(self.device):
@@ -316,7 +316,7 @@ class AppTrainer:
 class AppTester:
     """Tests a checkpoint: `Tester(config, testing_loader).run(config)` writes results/<run>/."""
 
-    __test__ = False  # not a pytest test class
+    __test__ = False  # not a pytest test class (nor are the apps' Tester subclasses, which inherit this)
 
     APP = ""
 

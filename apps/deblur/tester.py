@@ -35,8 +35,6 @@ def format_table(scores: list[ImageScore]) -> str:
 class Tester(AppTester):
     """Tests a deblurring checkpoint: `Tester(config, testing_loader).run(config)`."""
 
-    __test__ = False  # not a pytest test class
-
     APP = APP
 
     def build_model(self) -> nn.Module:

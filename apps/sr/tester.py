@@ -36,8 +36,6 @@ def format_table(scores: list[ImageScore], scale: int) -> str:
 class Tester(AppTester):
     """Tests an SR checkpoint: `Tester(config, testing_loader).run(config)`."""
 
-    __test__ = False  # not a pytest test class
-
     APP = APP
 
     def build_model(self) -> nn.Module:
