@@ -7,6 +7,7 @@ from .core import (
     PORTABLE_WEIGHT_CODE,
     WEIGHT_RANGES,
     ActQuant,
+    NonFiniteRangeError,
     QuantActivation,
     QuantLayer,
     WeightQuant,
@@ -26,7 +27,7 @@ from .quantizers import (
 
 __all__ = [
     "PORTABLE_WEIGHT_CODE", "WEIGHT_RANGES", "ActQuant", "DorefaQuantizer", "ExportConfig", "LayerExport",
-    "PACTQuantizer", "PostTrainLinearQuantizer", "QuantAwareTrainRangeLinearQuantizer", "QuantActivation",
+    "NonFiniteRangeError", "PACTQuantizer", "PostTrainLinearQuantizer", "QuantAwareTrainRangeLinearQuantizer", "QuantActivation",
     "QuantLayer", "Quantizer", "WRPNQuantizer", "WeightQuant", "export_mode", "fake_quant", "fold_batchnorm",
     "in_export_mode", "is_quantized",
 ]

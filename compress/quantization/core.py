@@ -58,6 +58,10 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+class NonFiniteRangeError(ValueError):
+    """A quantization range is inf or NaN: the values being quantized overflowed."""
+
+
 def fake_quant(x: torch.Tensor, grid: Grid) -> torch.Tensor:
     """Map `x` onto `grid` (saturating, round half to even) with PyTorch's fused kernels.
 
@@ -70,8 +74,16 @@ def fake_quant(x: torch.Tensor, grid: Grid) -> torch.Tensor:
         return torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zero_point.reshape(()),
                                                      grid.qmin, grid.qmax)
     axis = next(d for d, n in enumerate(scale.shape) if n > 1)
-    return torch.fake_quantize_per_channel_affine(x, scale.flatten(), zero_point.flatten(), axis,
-                                                  grid.qmin, grid.qmax)
+    try:
+        return torch.fake_quantize_per_channel_affine(x, scale.flatten(), zero_point.flatten(), axis,
+                                                      grid.qmin, grid.qmax)
+    except RuntimeError as err:  # checked only here: a training step never reads a value back from the device
+        if bool(torch.isfinite(grid.scale).all()) and bool(torch.isfinite(grid.zero_point).all()):
+            raise
+        raise NonFiniteRangeError(
+            "a quantization range is not finite: the weights or activations it quantizes overflowed (inf / NaN), "
+            "so training has diverged; lower the learning rate (or check the input data) and resume from a "
+            "checkpoint written before the divergence") from err
 
 
 def asym_grid(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> Grid:

@@ -5,6 +5,7 @@ import torch
 from compress.quantization.core import (
     PORTABLE_WEIGHT_CODE,
     ActQuant,
+    NonFiniteRangeError,
     WeightQuant,
     asym_grid,
     fake_quant,
@@ -195,3 +196,12 @@ def test_training_forward_reads_nothing_back_from_the_device():
             conv(x).sum().backward()
         assert mode.reads == [], (kind, mode.reads)
         assert conv.bias.grad is not None
+
+
+@pytest.mark.parametrize("bad", [[float("nan"), 1.0], [float("-inf"), float("inf")]])
+def test_a_diverged_weight_is_refused_with_a_message_not_a_kernel_error(bad):
+    """A channel whose range is inf / NaN has no zero point: one message saying training diverged, where
+    torch's kernel would raise a bare '`zero_point` must be between `quant_min` and `quant_max`'."""
+    w = torch.tensor([[0.5, -0.25], bad]).view(2, 2, 1, 1)
+    with pytest.raises(NonFiniteRangeError, match="training has diverged; lower the learning rate"):
+        WeightQuant(8, "linear", "asym", per_channel=True)(w)
