@@ -18,6 +18,7 @@ Each file is classified:
   refused   file_config raised a ScheduleError (its one-line message is printed);
   failed    a compress error with a message, raised while training;
   crash     any other exception (its traceback is printed);
+  diverged  every scheduled epoch ran, but some weight ended inf / NaN (random data, a 2-image batch);
   n/a       not a compression schedule for an image classifier: language models, Mask R-CNN, activation
             statistics files, AMC search configurations.
 """
@@ -50,21 +51,22 @@ BATCH = 2
 LR = 0.01
 SECTIONS = {"version", "pruners", "regularizers", "quantizers", "lr_schedulers", "extensions", "policies"}
 
-#: Distiller architecture name -> (builder, input side). ImageNet networks are narrowed; names are unchanged.
+#: Distiller architecture name -> (builder, input side). ImageNet networks are narrowed and see 64x64 inputs (at
+#: 32x32 their last stage is 1x1, and BatchNorm over a 2-image batch of 1x1 maps is degenerate); names are unchanged.
 ARCHS: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "resnet20_cifar": (lambda: dm.resnet20_cifar(), 32),
     "resnet56_cifar": (lambda: dm.resnet56_cifar(), 32),
     "plain20_cifar": (lambda: dm.plain20_cifar(), 32),
     "preact_resnet20_cifar": (lambda: dm.preact_resnet20_cifar(), 32),
     "vgg16_cifar": (lambda: dm.vgg16_cifar(width=0.25), 32),
-    "resnet18": (lambda: dm.resnet18(width=0.25, num_classes=10), 32),
-    "resnet50": (lambda: dm.resnet50(width=0.25, num_classes=10), 32),
-    "preact_resnet18": (lambda: dm.preact_resnet18(width=0.25, num_classes=10), 32),
+    "resnet18": (lambda: dm.resnet18(width=0.25, num_classes=10), 64),
+    "resnet50": (lambda: dm.resnet50(width=0.25, num_classes=10), 64),
+    "preact_resnet18": (lambda: dm.preact_resnet18(width=0.25, num_classes=10), 64),
     "alexnet": (lambda: dm.alexnet(width=0.125, num_classes=10), 64),
     "alexnet_bn": (lambda: dm.alexnet_bn(width=0.125, num_classes=10), 224),
-    "vgg19": (lambda: dm.vgg19(width=0.125, num_classes=10), 32),
-    "mobilenet": (lambda: dm.mobilenet(width=0.25, num_classes=10), 32),
-    "resnext101_32x4d": (lambda: dm.resnext101_32x4d(width=0.25, num_classes=10), 32),
+    "vgg19": (lambda: dm.vgg19(width=0.125, num_classes=10), 64),
+    "mobilenet": (lambda: dm.mobilenet(width=0.25, num_classes=10), 64),
+    "resnext101_32x4d": (lambda: dm.resnext101_32x4d(width=0.25, num_classes=10), 64),
 }
 #: file-name keywords for files whose comments give no --arch (most specific first)
 NAME_HINTS = [("preact_resnet18", "preact_resnet18"), ("preact_resnet", "preact_resnet20_cifar"),
@@ -200,6 +202,8 @@ def run_file(path: Path, root: Path, verbose: bool, max_epochs: int | None = Non
         try:
             train(model, optimizer, scheduler, epochs, side)
             result.detail = summary(model, optimizer)
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                result.status = "diverged"
         except ValueError as exc:
             result.status = "failed" if type(exc).__module__.startswith("compress") else "crash"
             result.detail = str(exc) if result.status == "failed" else traceback.format_exc()
@@ -237,8 +241,8 @@ def main() -> None:
         print(f"{r.status:8} {r.network:18} {r.epochs:6} {r.seconds:6.1f}  {r.path}: {detail}")
     counts = Counter(r.status for r in results)
     applicable = len(results) - counts["n/a"]
-    print(f"\n{len(results)} files: " + ", ".join(f"{counts[k]} {k}" for k in ("run", "refused", "failed", "crash",
-                                                                              "n/a")))
+    print(f"\n{len(results)} files: " + ", ".join(f"{counts[k]} {k}" for k in ("run", "diverged", "refused", "failed",
+                                                                              "crash", "n/a")))
     print(f"{counts['run']} of {applicable} applicable files run unchanged; "
           f"{sum(r.seconds for r in results):.0f} s in all")
 
