@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from apps.common.solver import AppTrainer, nonzero_parameters
+from apputils import distributed
 from apputils.checkpoint import rebuild_model
 
 from .evaluation import evaluate, mean_scores
@@ -93,6 +94,7 @@ class Adversary:
             loss = -distance + self.gp_weight * penalty
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(self.critic)  # under torchrun: the same step on every rank
             self.optimizer.step()
         return {"critic": float(loss.detach()), "wasserstein": float(distance.detach()),
                 "gradient_penalty": float(penalty.detach())}
@@ -183,7 +185,7 @@ class Trainer(AppTrainer):
             blur, sharp = batch["blur"].to(self.device), batch["sharp"].to(self.device)
             if sched is not None:
                 sched.on_minibatch_begin(epoch, i, n, self.optimizer)
-            fake = model(blur)
+            fake = self.net(blur)
             terms = {"content": self.content_loss(fake, sharp)}
             logged: dict[str, float] = {}
             if self.adversary is not None:

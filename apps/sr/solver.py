@@ -121,7 +121,7 @@ class Trainer(AppTrainer):
         for i, batch in enumerate(bar):
             if sched is not None:
                 sched.on_minibatch_begin(epoch, i, n, self.optimizer)
-            output = model(model_input(model, batch, self.device))
+            output = self.net(model_input(model, batch, self.device))
             loss = self.criterion(output, batch["hr"].to(self.device))
             value, parts = self.optimizer_step(epoch, i, n, loss, sched)
             total += value

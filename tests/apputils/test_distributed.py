@@ -1,0 +1,76 @@
+"""apputils.distributed: torchrun's variables, joining (and failing to join) the group, rank-0-only work."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from apputils import distributed
+from apputils.execution_env import UserError
+from tests.distributed_runs import free_port, run_ranks
+
+
+def test_no_torchrun_variables_means_one_process():
+    assert distributed.torchrun_env({}) is None
+    assert distributed.init(torch.device("cpu")) is None or not dist.is_initialized()
+    assert distributed.world_size() == 1 and distributed.is_main()
+    model = nn.Linear(2, 2)
+    assert distributed.wrap(model, torch.device("cpu")) is model
+    assert distributed.sampler(list(range(4))) is None
+    assert distributed.on_main(lambda: 7) == 7
+
+
+def test_torchrun_variables_are_read_and_checked():
+    run = distributed.torchrun_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node7",
+                                    "MASTER_PORT": "29511"})
+    assert run == distributed.Torchrun(1, 4, 1, "node7", "29511") and run.endpoint == "node7:29511"
+    with pytest.raises(UserError, match="WORLD_SIZE='two' is not an integer"):
+        distributed.torchrun_env({"RANK": "0", "WORLD_SIZE": "two"})
+    with pytest.raises(UserError, match=r"RANK=4 is not in \[0, WORLD_SIZE=4\)"):
+        distributed.torchrun_env({"RANK": "4", "WORLD_SIZE": "4"})
+    assert distributed.backend_for(torch.device("cpu")) == "gloo"
+    assert distributed.backend_for(torch.device("cuda", 0)) == "nccl"
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
+    assert distributed.rank_device(torch.device("cuda"), env) == torch.device("cuda", 1)
+    assert distributed.rank_device(torch.device("cpu"), env) == torch.device("cpu")
+    assert distributed.rank_device(torch.device("cuda"), {}) == torch.device("cuda")
+
+
+def test_unreachable_rendezvous_is_one_user_error_naming_the_endpoint(monkeypatch):
+    port = free_port()  # nothing listens there: rank 1 waits for a store that never comes
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    with pytest.raises(UserError, match=rf"rank 1 of 2 could not join the process group at 127\.0\.0\.1:{port}"):
+        distributed.init(torch.device("cpu"), timeout_s=2)
+    assert not dist.is_initialized()
+
+
+def _rank_work(rank: int, folder: str) -> dict:
+    from pathlib import Path
+
+    written = distributed.on_main(lambda: Path(folder, "only_rank0.txt").write_text("x"))
+    seen = sorted(Path(folder).iterdir())  # on_main returned: rank 0's file is there for every rank
+    try:
+        distributed.on_main(lambda: (_ for _ in ()).throw(UserError("disk full")))
+        error = None
+    except UserError as err:
+        error = str(err)
+    shares = list(iter(distributed.sampler(list(range(8)))))
+    grads = nn.Linear(1, 1, bias=False)
+    grads.weight.grad = torch.full((1, 1), float(rank + 1))
+    distributed.average_gradients(grads)
+    return {"written": written, "seen": [p.name for p in seen], "error": error, "shares": shares,
+            "name": distributed.broadcast_object(f"run-of-rank-{rank}"), "grad": float(grads.weight.grad)}
+
+
+def test_rank_zero_writes_and_its_errors_reach_every_rank(tmp_path):
+    r0, r1 = run_ranks(_rank_work, str(tmp_path))
+    assert r0["written"] == 1 and r1["written"] is None  # write_text's count on rank 0 only
+    assert r0["seen"] == r1["seen"] == ["only_rank0.txt"]
+    assert r0["error"] == "disk full" and r1["error"] == "disk full (reported by rank 0)"
+    assert r0["shares"] == [0, 2, 4, 6] and r1["shares"] == [1, 3, 5, 7]  # step k: samples of one 2b batch
+    assert r0["name"] == r1["name"] == "run-of-rank-0"
+    assert r0["grad"] == r1["grad"] == 1.5
