@@ -4,6 +4,7 @@ The processes are forked (the suite runs torch single-threaded), so they start i
 """
 from __future__ import annotations
 
+import io
 import os
 import socket
 import traceback
@@ -28,7 +29,9 @@ def _worker(rank: int, world: int, port: int, fn: Callable[..., Any], args: tupl
     torch.set_num_threads(1)
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world)
-        results.put((rank, "ok", fn(rank, *args)))
+        buffer = io.BytesIO()  # tensors as bytes: the queue would share their memory with an exiting process
+        torch.save(fn(rank, *args), buffer)
+        results.put((rank, "ok", buffer.getvalue()))
     except BaseException:  # noqa: BLE001 - the parent reports any failure of a rank
         results.put((rank, "error", traceback.format_exc()))
     finally:
@@ -50,7 +53,7 @@ def run_ranks(fn: Callable[..., Any], *args: Any, world: int = 2, timeout: float
             rank, status, value = results.get(timeout=timeout)
             if status == "error":
                 raise AssertionError(f"rank {rank} failed:\n{value}")
-            out[rank] = value
+            out[rank] = torch.load(io.BytesIO(value), weights_only=True)
     finally:
         for p in procs:
             p.join(timeout)
