@@ -144,3 +144,26 @@ def test_two_processes_of_batch_b_make_the_update_of_one_process_of_batch_2b():
     for key, value in one.items():
         torch.testing.assert_close(r0[key], value, rtol=1e-5, atol=1e-6, msg=key)
         torch.testing.assert_close(r1[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def _calibrated_ranges(rank: int | None, clip: str) -> dict[str, torch.Tensor]:
+    """Post-training calibration ranges: under DDP on rank `rank`'s halves, in one process (None) on both halves."""
+    from compress.quantization.quantizers import PostTrainLinearQuantizer
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    q = PostTrainLinearQuantizer(model, None, calibration_batches=3, clip_acts=clip, num_stds=2.0)
+    q.prepare(compress.Context(model, None, compress.MaskStore(model), None))
+    ranks = range(2) if rank is None else [rank]
+    q.calibrate([torch.cat([batch(r, 0, i)[0] for r in ranks]) for i in range(3)])
+    return {k: v.clone() for k, v in model.state_dict().items() if k.endswith((".lo", ".hi", ".stats"))}
+
+
+@pytest.mark.parametrize("clip", ["NONE", "AVG", "N_STD"])
+def test_calibration_statistics_are_those_of_the_union_of_the_ranks_batches(clip):
+    one = _calibrated_ranges(None, clip)
+    r0, r1 = run_ranks(_calibrated_ranges, clip)
+    assert one and {k for k in one if k.endswith(".hi")}
+    for key, value in one.items():
+        torch.testing.assert_close(r0[key], value, msg=key)
+        torch.testing.assert_close(r1[key], value, msg=key)
