@@ -1,0 +1,44 @@
+"""train.py under torchrun (2 CPU processes, gloo): one run folder and one set of checkpoints, written by rank 0;
+the run resumes in 1 process and again in 2."""
+import subprocess
+import sys
+
+from tests.app_runs import AGP, ENV, ROOT, TINY, load, run_app, small_validation_set
+
+
+def torchrun(cwd, *args: str) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 train.py ARGS` (--standalone: a free port of its own)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train.py"), *args]
+    return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_two_processes_make_one_run_that_resumes_in_one_process_and_in_two(tmp_path):
+    small_validation_set(tmp_path)
+    (tmp_path / "agp.yaml").write_text(AGP)
+    r = torchrun(tmp_path, "--optform=SR", "--compress=agp.yaml", "--nEpochs", "2", "--save", "ddp", *TINY)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ddp"]  # nothing archived
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["ddp"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints/ddp").iterdir()) == ["best.pth", "latest.pth"]
+    assert r.stdout.count("run ddp: ") == 1  # rank 0 prints, the other rank is quiet
+    log = (tmp_path / "logs/ddp/ddp.log").read_text()
+    assert "2 processes (DDP, backend gloo): per-process batch 4, global batch 8" in log
+    assert log.count("epoch 2/2  loss") == 1
+    ck = load(tmp_path / "checkpoints/ddp/latest.pth")
+    assert ck["epoch"] == 1 and ck["world_size"] == 2
+    assert not any(k.startswith("module.") for k in ck["model"])  # the model, not its DDP wrapper
+
+    r = run_app(tmp_path, "train.py", "--optform=SR", "--resume", "checkpoints/ddp/latest.pth", "--nEpochs", "3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (tmp_path / "logs/ddp/ddp.log").read_text()
+    assert "written by a run of 2 process(es) and this run has 1: the global batch changes from 8 to 4" in log
+    assert load(tmp_path / "checkpoints/ddp/latest.pth")["epoch"] == 2
+
+    r = torchrun(tmp_path, "--optform=SR", "--resume", "checkpoints/ddp/latest.pth", "--nEpochs", "4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (tmp_path / "logs/ddp/ddp.log").read_text()
+    assert "written by a run of 1 process(es) and this run has 2: the global batch changes from 4 to 8" in log
+    ck = load(tmp_path / "checkpoints/ddp/latest.pth")
+    assert ck["epoch"] == 3 and ck["world_size"] == 2 and len(ck["history"]) == 4
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ddp"]
