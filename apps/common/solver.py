@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import math
 import shutil
@@ -334,19 +335,23 @@ class AppTrainer:
             self.env.close()
 
     def wrap_model(self, sched: Any) -> nn.Module:
-        """self.model in DDP under torchrun (after the scheduler re-classed its layers), else self.model."""
+        """self.model in DDP under torchrun (after the scheduler re-classed its layers), else self.model; the
+        wrapper is rebuilt whenever the scheduler changes the model's structure (thinning)."""
         if distributed.world_size() == 1:
             return self.model
-        from compress.thinning.extension import StructureRemover
-
-        if sched is not None and any(isinstance(p.component, StructureRemover) for p in sched.policies):
-            raise UserError(f"the schedule {self.opt.compress} thins the model (a FilterRemover / ChannelRemover "
-                            "extension), which is not supported under torchrun yet; run it in one process "
-                            "(python train.py ...) or leave the thinning extension out")
         log.info("%d processes (DDP, backend %s): per-process batch %d, global batch %d; rank 0 validates and "
                  "writes logs, TensorBoard and checkpoints", distributed.world_size(),
                  torch.distributed.get_backend(), self.opt.batchSize, self.opt.batchSize * distributed.world_size())
+        if sched is not None:
+            sched.add_model_listener(self._rewrap)
         return distributed.wrap(self.model, self.device)
+
+    def _rewrap(self, model: nn.Module) -> None:
+        self.net = None  # the old wrapper's gradient hooks on the parameters kept by thinning go with it
+        gc.collect()
+        self.net = distributed.wrap(model, self.device)
+        log.info("the model changed (thinned to %d parameters): DDP wrapper rebuilt", sum(p.numel() for p in
+                                                                                      model.parameters()))
 
     def summary(self) -> dict[str, Any]:
         """Where everything went and the best result (`headline`: the line train.py prints)."""

@@ -167,3 +167,53 @@ def test_calibration_statistics_are_those_of_the_union_of_the_ranks_batches(clip
     for key, value in one.items():
         torch.testing.assert_close(r0[key], value, msg=key)
         torch.testing.assert_close(r1[key], value, msg=key)
+
+
+THINNING = {
+    "pruners": {"filters": {"class": "L1RankedStructureParameterPruner", "group_type": "Filters",
+                            "desired_sparsity": 0.5, "weights": ["conv1.weight", "conv2.weight"]}},
+    "extensions": {"thin": {"class": "FilterRemover", "thinning_func_str": "remove_filters"}},
+    "policies": [{"pruner": {"instance_name": "filters"}, "epochs": [0]},
+                 {"extension": {"instance_name": "thin"}, "epochs": [1]}],
+}
+
+
+def _thinned_mid_run(rank: int, rewrap: bool) -> dict:
+    import gc
+
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    sched = compress.dict_config(model, optimizer, THINNING, dummy_input=torch.zeros(1, 1, 8, 8))
+    box = {"ddp": DistributedDataParallel(model)}
+
+    def rebuild(changed: nn.Module) -> None:  # what the scheduler asks of a DDP loop when the model changes
+        box["ddp"] = None
+        gc.collect()
+        box["ddp"] = DistributedDataParallel(changed)
+
+    if rewrap:
+        sched.add_model_listener(rebuild)
+    sizes, digests = [], []
+    for epoch in range(3):
+        sched.on_epoch_begin(epoch, optimizer)
+        for i in range(2):
+            sched.on_minibatch_begin(epoch, i, 2, optimizer)
+            x, y = batch(rank, epoch, i)
+            loss = nn.functional.mse_loss(box["ddp"](x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            sched.on_minibatch_end(epoch, i, 2, optimizer)
+            digests.append(digest(model, sched))
+        sched.on_epoch_end(epoch, optimizer)
+        sizes.append(sum(p.numel() for p in model.parameters()))
+    return {"sizes": sizes, "digests": digests, "conv2": model.conv2.weight.detach().clone()}
+
+
+def test_thinning_mid_run_under_ddp_rebuilds_the_wrapper_and_training_goes_on():
+    r0, r1 = run_ranks(_thinned_mid_run, True)
+    assert r0["sizes"][0] > r0["sizes"][1] == r0["sizes"][2] and r0["sizes"] == r1["sizes"]
+    assert r0["digests"] == r1["digests"]
+    assert len(set(r0["digests"][2:])) == 4  # every step after thinning changed the weights
+    torch.testing.assert_close(r0["conv2"], r1["conv2"], rtol=0, atol=0)
