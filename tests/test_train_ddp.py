@@ -1,7 +1,13 @@
 """train.py under torchrun (2 CPU processes, gloo): one run folder and one set of checkpoints, written by rank 0;
-the run resumes in 1 process and again in 2."""
+the run resumes in 1 process and again in 2; a killed rank stops the job, which resumes from its checkpoint."""
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from tests.app_runs import AGP, ENV, ROOT, TINY, load, run_app, small_validation_set
 
@@ -42,3 +48,43 @@ def test_two_processes_make_one_run_that_resumes_in_one_process_and_in_two(tmp_p
     ck = load(tmp_path / "checkpoints/ddp/latest.pth")
     assert ck["epoch"] == 3 and ck["world_size"] == 2 and len(ck["history"]) == 4
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ddp"]
+
+
+def rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker of `rank` (a child of `parent` whose environment says RANK=rank)."""
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in environ:
+                return int(pid)
+    return None
+
+
+@pytest.mark.slow  # about a minute: a 2-process run up to its first checkpoint, then a 1-process resume
+def test_a_killed_rank_stops_the_job_and_the_run_resumes_from_its_last_checkpoint(tmp_path):
+    small_validation_set(tmp_path)
+    args = ["--optform=SR", "--nEpochs", "50", "--save", "k", *TINY]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train.py"), *args]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    latest = tmp_path / "checkpoints/k/latest.pth"
+    deadline = time.time() + 120
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    pid = rank_pid(proc.pid, 1)
+    assert pid is not None and proc.poll() is None, "the run ended before a rank could be killed"
+    os.kill(pid, signal.SIGKILL)
+    try:
+        _, err = proc.communicate(timeout=60)  # stops instead of waiting for the dead rank
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "rank      : 1" in err and "Signal 9 (SIGKILL)" in err
+    epoch = int(load(latest)["epoch"])
+    r = run_app(tmp_path, "train.py", "--optform=SR", "--resume", "checkpoints/k/latest.pth", "--nEpochs",
+                str(epoch + 2))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert load(latest)["epoch"] == epoch + 1
