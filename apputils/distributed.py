@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -151,6 +151,15 @@ def broadcast_object(value: T) -> T:
     return box[0]
 
 
+def all_gather_object(value: T) -> list[T]:
+    """Every rank's `value`, in rank order (picklable plain data only); [value] in one process."""
+    if not active():
+        return [value]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def on_main(work: Callable[[], T]) -> T | None:
     """`work()` on rank 0 (its result there, None on the other ranks, which wait for it); a UserError raised by
     it is raised on every rank, so no rank waits for a rank 0 that has given up."""
@@ -231,6 +240,6 @@ def quiet_other_ranks() -> None:
         handler.addFilter(prefix)
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "Torchrun", "active", "all_reduce_sum_", "average_gradients", "backend_for", "barrier",
+__all__ = ["DEFAULT_TIMEOUT_S", "Torchrun", "active", "all_gather_object", "all_reduce_sum_", "average_gradients", "backend_for", "barrier",
            "broadcast_object", "global_min_max", "init", "is_main", "on_main", "process_group", "rank", "rank_device",
            "sampler", "torchrun_env", "world_size", "wrap"]

@@ -74,3 +74,30 @@ def test_rank_zero_writes_and_its_errors_reach_every_rank(tmp_path):
     assert r0["shares"] == [0, 2, 4, 6] and r1["shares"] == [1, 3, 5, 7]  # step k: samples of one 2b batch
     assert r0["name"] == r1["name"] == "run-of-rank-0"
     assert r0["grad"] == r1["grad"] == 1.5
+
+
+def _sensitivity(rank: int | None, sense_type: str, folder: str) -> list[dict]:
+    from pathlib import Path
+
+    from apputils.sensitivity import Evaluation, sensitivity_analysis
+    from tests.apputils.test_sensitivity import Chain, data, mse_metrics
+
+    torch.manual_seed(0)
+    model = Chain()
+    workbook = Path(folder, f"rank{rank}.xlsx")
+    df = sensitivity_analysis(model, workbook, Evaluation(data((1, 12, 12)), mse_metrics), sense_type,
+                              sparsities=[0.0, 0.3, 0.6], progress=False)
+    return [{**row, "workbook": workbook.exists(), "forwards": model.calls["c1"]} for row in df.to_dict("records")]
+
+
+@pytest.mark.parametrize("sense_type", ["element", "filter"])
+def test_distributed_sensitivity_splits_the_weights_and_gathers_the_table_of_one_process(sense_type, tmp_path):
+    one = _sensitivity(None, sense_type, str(tmp_path))
+    r0, r1 = run_ranks(_sensitivity, sense_type, str(tmp_path))
+    def table(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k not in ("workbook", "forwards")} for row in rows]
+
+    assert table(r0) == table(one) and table(r1) == table(one)
+    assert max(r0[0]["forwards"], r1[0]["forwards"]) < one[0]["forwards"]  # each rank ran its share only
+    assert len({row["parameter"] for row in one}) >= 2  # at least one weight for each rank
+    assert r0[0]["workbook"] and not r1[0]["workbook"]  # rank 0 writes the workbook
