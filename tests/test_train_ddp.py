@@ -22,7 +22,8 @@ def torchrun(cwd, *args: str) -> subprocess.CompletedProcess:
 def test_two_processes_make_one_run_that_resumes_in_one_process_and_in_two(tmp_path):
     small_validation_set(tmp_path)
     (tmp_path / "agp.yaml").write_text(AGP)
-    r = torchrun(tmp_path, "--optform=SR", "--compress=agp.yaml", "--nEpochs", "2", "--save", "ddp", *TINY)
+    r = torchrun(tmp_path, "--optform=SR", "--compress=agp.yaml", "--nEpochs", "2", "--save", "ddp", "--scale_lr",
+                 "--lr", "0.001", *TINY)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ddp"]  # nothing archived
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["ddp"]
@@ -33,13 +34,15 @@ def test_two_processes_make_one_run_that_resumes_in_one_process_and_in_two(tmp_p
     assert log.count("epoch 2/2  loss") == 1
     ck = load(tmp_path / "checkpoints/ddp/latest.pth")
     assert ck["epoch"] == 1 and ck["world_size"] == 2
+    assert ck["optimizer"]["param_groups"][0]["lr"] == 0.002  # --scale_lr: --lr x 2 processes
     assert not any(k.startswith("module.") for k in ck["model"])  # the model, not its DDP wrapper
 
     r = run_app(tmp_path, "train.py", "--optform=SR", "--resume", "checkpoints/ddp/latest.pth", "--nEpochs", "3")
     assert r.returncode == 0, r.stderr[-3000:]
     log = (tmp_path / "logs/ddp/ddp.log").read_text()
     assert "written by a run of 2 process(es) and this run has 1: the global batch changes from 8 to 4" in log
-    assert load(tmp_path / "checkpoints/ddp/latest.pth")["epoch"] == 2
+    ck = load(tmp_path / "checkpoints/ddp/latest.pth")
+    assert ck["epoch"] == 2 and ck["optimizer"]["param_groups"][0]["lr"] == 0.001
 
     r = torchrun(tmp_path, "--optform=SR", "--resume", "checkpoints/ddp/latest.pth", "--nEpochs", "4")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -47,6 +50,7 @@ def test_two_processes_make_one_run_that_resumes_in_one_process_and_in_two(tmp_p
     assert "written by a run of 1 process(es) and this run has 2: the global batch changes from 4 to 8" in log
     ck = load(tmp_path / "checkpoints/ddp/latest.pth")
     assert ck["epoch"] == 3 and ck["world_size"] == 2 and len(ck["history"]) == 4
+    assert ck["optimizer"]["param_groups"][0]["lr"] == 0.002
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ddp"]
 
 

@@ -160,6 +160,11 @@ class AppTrainer:
         """One line on the run's best result, printed by train.py after 'run <name>: '."""
         raise NotImplementedError
 
+    @property
+    def lr(self) -> float:
+        """The learning rate to train with: --lr, times the number of processes with --scale_lr."""
+        return self.opt.lr * (distributed.world_size() if getattr(self.opt, "scale_lr", False) else 1)
+
     # -- resuming ---------------------------------------------------------------------------------
     def load_resume(self) -> dict[str, Any]:
         """The --resume checkpoint; a newer latest.pth of the run is copied aside first, never lost."""
@@ -193,6 +198,11 @@ class AppTrainer:
             log.warning("the checkpoint was written by a run of %d process(es) and this run has %d: the global batch "
                         "changes from %d to %d (per-process --batchSize %d)", saved, now, saved * self.opt.batchSize,
                         now * self.opt.batchSize, self.opt.batchSize)
+            if getattr(self.opt, "scale_lr", False) and self.optimizer is not None:
+                for group in self.optimizer.param_groups:
+                    group["lr"] *= now / saved
+                log.warning("--scale_lr: the learning rate is scaled by %d/%d to %.3g", now, saved,
+                            self.optimizer.param_groups[0]["lr"])
 
     def progress(self) -> dict[str, Any]:
         """The checkpoint keys every app writes besides its networks (see apputils/checkpoint.py)."""

@@ -123,7 +123,7 @@ class Trainer(AppTrainer):
 
     # -- model ------------------------------------------------------------------------------------
     def _adam(self, model: nn.Module) -> torch.optim.Optimizer:
-        return adam(model, self.opt.lr, self.opt.gan != "off")
+        return adam(model, self.lr, self.opt.gan != "off")
 
     def _adversary(self, critic: nn.Module, optimizer: torch.optim.Optimizer) -> Adversary:
         return Adversary(critic, optimizer, self.opt.critic_iters, self.opt.gp_weight)
@@ -168,7 +168,7 @@ class Trainer(AppTrainer):
         for optimizer in optimizers:
             if optimizer is not None:
                 for group in optimizer.param_groups:
-                    group["lr"] = self.opt.lr * factor
+                    group["lr"] = self.lr * factor
 
     # -- one epoch --------------------------------------------------------------------------------
     def train(self, epoch: int, compression_scheduler: Any = None) -> float:

@@ -54,7 +54,7 @@ class Trainer(AppTrainer):
 
     # -- model ------------------------------------------------------------------------------------
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam(model.parameters(), lr=self.opt.lr)
+        return torch.optim.Adam(model.parameters(), lr=self.lr)
 
     def _dummy(self, model: nn.Module) -> torch.Tensor:
         return dummy_input(self.opt.upscale_factor, getattr(model, "INPUT_KIND", "bicubic"), self.device)
