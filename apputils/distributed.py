@@ -27,8 +27,9 @@ from .execution_env import UserError
 
 log = logging.getLogger(__name__)
 
-#: Seconds a rank waits for the others to join (and at each collective) before the job stops.
-DEFAULT_TIMEOUT_S = 600.0
+#: Seconds a rank waits for the others to join, and at each collective (rank 0 alone may test or validate
+#: meanwhile), before the job stops: torch's default.
+DEFAULT_TIMEOUT_S = 1800.0
 T = TypeVar("T")
 
 

@@ -92,3 +92,22 @@ def test_a_killed_rank_stops_the_job_and_the_run_resumes_from_its_last_checkpoin
                 str(epoch + 2))
     assert r.returncode == 0, r.stderr[-3000:]
     assert load(latest)["epoch"] == epoch + 1
+
+
+@pytest.mark.slow  # about 40 s: a 1-epoch run, then test.py --reports in 1 and in 2 processes
+def test_reports_under_torchrun_give_the_sensitivity_table_of_one_process(tmp_path):
+    small_validation_set(tmp_path)
+    (tmp_path / "agp.yaml").write_text(AGP)
+    r = run_app(tmp_path, "train.py", "--optform=SR", "--compress=agp.yaml", "--nEpochs", "1", "--save", "t", *TINY)
+    assert r.returncode == 0, r.stderr[-3000:]
+    args = ["--model=checkpoints/t/best.pth", "--reports", "--testdata", "val"]
+    one = run_app(tmp_path, "test.py", "--optform=SR", *args, "--save", "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "test.py"), "--optform=SR", *args, "--save", "two"]
+    two = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("results/two") == one.stdout.count("results/one") > 0  # rank 0 prints, once
+    sense = "reports/sense_file.csv"
+    assert (tmp_path / "results/two" / sense).read_text() == (tmp_path / "results/one" / sense).read_text()
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["one", "two"]

@@ -411,31 +411,42 @@ class AppTester:
 
     # -- main -------------------------------------------------------------------------------------
     def run(self, opt: argparse.Namespace | None = None) -> dict[str, Any]:
-        """Build, test, write images and table; with --reports also the reports (apputils.reports)."""
+        """Build, test, write images and table; with --reports also the reports (apputils.reports).
+
+        Under torchrun rank 0 tests and writes everything; the other ranks only take their share of the
+        reports' sensitivity analysis (and return {})."""
         opt = opt or self.opt
+        env = distributed.on_main(lambda: self._open_results(opt)) or follow_run(f"{opt.save}_test", opt.logdir)
+        try:
+            log_env_info()
+            model = self.build_model()
+            result = distributed.on_main(lambda: self._test(model, env)) or {}
+            if opt.reports:
+                reports = self.reports(model)
+                if distributed.is_main():
+                    result["reports"] = reports
+            return result
+        finally:
+            env.close()
+
+    def _open_results(self, opt: argparse.Namespace) -> RunEnv:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"cannot create the results folder '{self.out_dir}' ({err}); choose another "
                             f"--results_dir") from err
-        env = setup_run(f"{opt.save}_test", opt.logdir)
-        try:
-            log_env_info()
-            model = self.build_model()
-            t0 = time.perf_counter()
-            means = self.test(model, save_images=True)
-            seconds = time.perf_counter() - t0
-            table = self.table()
-            for line in table.splitlines():
-                log.info(line, extra=FILE_ONLY)
-            csv_path = self.write_table()
-            env.writer.add_scalar("test/psnr", means["psnr"], 0)
-            env.writer.add_scalar("test/ssim", means["ssim"], 0)
-            result: dict[str, Any] = {"table": table, "metrics": means, "csv": str(csv_path),
-                                      "images": str(self.out_dir), "log": str(env.log_file),
-                                      "seconds": seconds, "nonzero_params": nonzero_parameters(model)}
-            if opt.reports:
-                result["reports"] = self.reports(model)
-            return result
-        finally:
-            env.close()
+        return setup_run(f"{opt.save}_test", opt.logdir)
+
+    def _test(self, model: nn.Module, env: RunEnv) -> dict[str, Any]:
+        """Test, table, metrics.csv and TensorBoard points: what test.py prints."""
+        t0 = time.perf_counter()
+        means = self.test(model, save_images=True)
+        seconds = time.perf_counter() - t0
+        table = self.table()
+        for line in table.splitlines():
+            log.info(line, extra=FILE_ONLY)
+        csv_path = self.write_table()
+        env.writer.add_scalar("test/psnr", means["psnr"], 0)
+        env.writer.add_scalar("test/ssim", means["ssim"], 0)
+        return {"table": table, "metrics": means, "csv": str(csv_path), "images": str(self.out_dir),
+                "log": str(env.log_file), "seconds": seconds, "nonzero_params": nonzero_parameters(model)}
