@@ -101,3 +101,40 @@ def test_distributed_sensitivity_splits_the_weights_and_gathers_the_table_of_one
     assert max(r0[0]["forwards"], r1[0]["forwards"]) < one[0]["forwards"]  # each rank ran its share only
     assert len({row["parameter"] for row in one}) >= 2  # at least one weight for each rank
     assert r0[0]["workbook"] and not r1[0]["workbook"]  # rank 0 writes the workbook
+
+
+PACT_FROM_EPOCH_1 = {
+    "quantizers": {"q": {"class": "PACTQuantizer", "bits_activations": 4, "bits_weights": 4,
+                         "act_clip_init_val": 2.0}},
+    "policies": [{"quantizer": {"instance_name": "q"}, "starting_epoch": 1, "ending_epoch": 3, "frequency": 1}],
+}
+
+
+def _pact_wrapped(rank: int) -> dict:
+    import compress
+    from tests.compress.test_ddp import Net, batch
+
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = compress.dict_config(model, optimizer, PACT_FROM_EPOCH_1)
+    net = distributed.wrap(model, torch.device("cpu"))  # the clips are unused until epoch 1
+    for epoch in range(2):
+        sched.on_epoch_begin(epoch, optimizer)
+        for i in range(2):
+            x, y = batch(rank, epoch, i)
+            loss = nn.functional.mse_loss(net(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            sched.on_minibatch_end(epoch, i, 2, optimizer)
+        sched.on_epoch_end(epoch, optimizer)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_learned_clips_not_used_yet_do_not_stop_ddp_and_end_equal_on_every_rank():
+    r0, r1 = run_ranks(_pact_wrapped)
+    clips = [k for k in r0 if k.endswith("clip_hi")]
+    assert clips and any(float(r0[k]) != 2.0 for k in clips)  # trained once quantization was on
+    for key, value in r0.items():
+        torch.testing.assert_close(r1[key], value, rtol=0, atol=0, msg=key)
