@@ -21,6 +21,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from compress.masks import canonical
+from compress.modules import eval_mode, unwrap
 
 from .workbooks import save_atomic
 
@@ -130,26 +131,18 @@ def _sequence_dot(model: nn.Module, args: Sequence[torch.Tensor], reason: str) -
 
 def model_to_dot(model: nn.Module, dummy_input: torch.Tensor | Sequence[torch.Tensor]) -> str:
     """Graphviz source of the model's graph on `dummy_input` (the model is left as it was)."""
-    inner = model
-    while isinstance(inner, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        inner = inner.module
+    inner = unwrap(model)
     device = next((p.device for p in inner.parameters()), torch.device("cpu"))
     args = [t.to(device) for t in dummy_input] if isinstance(dummy_input, (tuple, list)) \
         else [dummy_input.to(device)]
-    states = [(m, m.training) for m in inner.modules()]
-    inner.eval()
-    try:
-        with torch.no_grad():
-            try:
-                return _traced_dot(inner, args)
-            except Exception as err:  # noqa: BLE001 - any trace failure: draw the execution order instead
-                reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                log.info("draw_model_to_file: torch.fx could not trace the model (%s); drawing layers in "
-                         "execution order", reason)
-                return _sequence_dot(inner, args, reason)
-    finally:
-        for m, training in states:
-            m.training = training
+    with eval_mode(inner), torch.no_grad():
+        try:
+            return _traced_dot(inner, args)
+        except Exception as err:  # noqa: BLE001 - any trace failure: draw the execution order instead
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            log.info("draw_model_to_file: torch.fx could not trace the model (%s); drawing layers in "
+                     "execution order", reason)
+            return _sequence_dot(inner, args, reason)
 
 
 def render_dot(source: str, out_file: str | Path) -> Path:

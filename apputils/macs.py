@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from compress.masks import canonical
+from compress.modules import eval_mode
 from compress.thinning.stats import call_macs
 
 from .workbooks import write_table_with_bar_chart
@@ -84,11 +85,9 @@ def layer_macs(model: nn.Module, dummy_input: torch.Tensor | Sequence[torch.Tens
                                  int((module.weight != 0).sum()), dense, effective))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, COUNTED)]
-    states = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             if isinstance(dummy_input, (tuple, list)):
                 model(*[t.to(device) for t in dummy_input])
             else:
@@ -96,8 +95,6 @@ def layer_macs(model: nn.Module, dummy_input: torch.Tensor | Sequence[torch.Tens
     finally:
         for h in handles:
             h.remove()
-        for m, training in states:
-            m.training = training
     return records
 
 

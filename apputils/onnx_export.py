@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from compress.masks import MaskStore
+from compress.modules import unwrap
 from compress.policy import Context
 from compress.quantization import (
     PORTABLE_WEIGHT_CODE,
@@ -245,7 +246,7 @@ def transform_to_onnx(model: nn.Module, onnx_file: str | os.PathLike, dummy_inpu
     if path.suffix != ".onnx":
         raise ExportError(f"{path}: the ONNX file name must end in .onnx")
     path.parent.mkdir(parents=True, exist_ok=True)
-    inner = getattr(model, "module", model)  # DataParallel / DDP
+    inner = unwrap(model)
     net = copy.deepcopy(inner).cpu().eval()
     net._forward_hooks.clear()
     for p in net.parameters():

@@ -1,4 +1,4 @@
-"""The five report tools of the original design (DESIGN.md §5), under their original names.
+"""The five report tools under the names the project has always given them (one call each, a file out).
 
     draw_model_to_file(model, 'arch.png', torch.zeros(1, 1, 32, 32))
     sensitivity_analysis(model, 'sense_file.xlsx', test_func, 'element')   # or 'filter' / 'channel'

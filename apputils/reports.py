@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from compress import sparsity_summary
+from compress.modules import nonzero_parameters
 
 from . import distributed
 from .execution_env import UserError
@@ -86,7 +87,7 @@ def write_reports(model: nn.Module, test_func: Callable[[nn.Module], Mapping[str
     metrics = dict(test_func(model))
     seconds["test"] = time.perf_counter() - t0
 
-    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    nonzero = nonzero_parameters(model)
     params = sum(p.numel() for p in model.parameters())
     sparsity = float(sparsity_summary(model)["Fine (%)"].iloc[-1])
     summary: dict[str, Any] = {

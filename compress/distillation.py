@@ -20,11 +20,11 @@ from torch.nn import functional as F
 
 from .errors import ArgumentError, ScheduleError, did_you_mean
 from .masks import canonical
+from .modules import eval_mode, unwrap
 from .policy import Component, Context, Step, Timing
 from .quantization import QuantActivation, QuantLayer
 from .registry import DISTILLERS
 from .thinning import apply_recipe
-from .thinning.graph import unwrap
 
 log = logging.getLogger(__name__)
 
@@ -152,18 +152,15 @@ def _shape(value: Any) -> tuple[int, ...] | str:
 @torch.no_grad()
 def _probe(model: nn.Module, x: torch.Tensor, layers: list[str]) -> tuple[Any, dict[str, torch.Tensor]]:
     """Run `model` once in eval mode on `x`: its output and the outputs of `layers` (modes restored after)."""
-    modes = {m: m.training for m in model.modules()}
     found: dict[str, torch.Tensor] = {}
     by_name = _layers(model)
     handles = [by_name[n].register_forward_hook(lambda _m, _a, out, n=n: found.__setitem__(n, out)) for n in layers]
     try:
-        model.eval()
-        output = model(x)
+        with eval_mode(model):
+            output = model(x)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
     return output, found
 
 

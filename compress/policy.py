@@ -68,7 +68,7 @@ class Context:
     masks: MaskStore
     groups: GroupResolver
     dummy_input: torch.Tensor | None = None
-    scheduler: Any = None
+    scheduler: Any = None  # the CompressionScheduler, set by it; distillation reads the thinning done so far
 
 
 @dataclass(frozen=True)

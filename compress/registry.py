@@ -1,6 +1,7 @@
 """One registry per component kind, and the one function that builds a component from its config."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import types
 import typing
@@ -35,6 +36,20 @@ class Registry:
         if name in self._items:
             raise KeyError(f"{self.kind} '{name}' is already registered")
         self._items[name] = obj
+
+    @contextlib.contextmanager
+    def temporarily(self, obj: Callable[..., Any], name: str | None = None) -> Iterator[Callable[..., Any]]:
+        """Register `obj` under `name` (default: its own name) for the duration of the block only.
+
+        For tests and experiments: the entry is removed on exit, also on an error, so the block can run
+        again; a name already registered is refused as add() refuses it.
+        """
+        key = name or obj.__name__
+        self.add(key, obj)
+        try:
+            yield obj
+        finally:
+            del self._items[key]
 
     def refuse(self, name: str, message: str) -> None:
         """Register a name schedules may use (a Distiller class, say) that cannot be built here: building it

@@ -38,7 +38,7 @@ def _first_forward_hook(scheduler: CompressionScheduler) -> Callable:
 class CompressionScheduler:
     """Calls each policy's component in the epochs the policy schedules, and keeps pruned weights at zero.
 
-    Build it with `compress.file_config` / `compress.dict_config`; call the hooks as in DESIGN.md §2.
+    Build it with `compress.file_config` / `compress.dict_config`; call the hooks in the order docs/architecture.md gives.
     """
 
     def __init__(self, ctx: Context, policies: list[Policy], schedule: dict[str, Any] | None = None, *,

@@ -1,4 +1,4 @@
-"""The plain training loop the tests drive a CompressionScheduler with (every hook, in DESIGN order)."""
+"""The plain training loop the tests drive a CompressionScheduler with (every hook, in the order of docs/architecture.md)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from apputils import distributed
 from apputils.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from apputils.execution_env import FILE_ONLY, RunEnv, UserError, follow_run, log_env_info, setup_run
+from compress.modules import nonzero_parameters
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,6 @@ def resolve_device(name: str) -> torch.device:
 def layer_sparsity(model: nn.Module) -> dict[str, float]:
     """Fraction of zero elements of every weight with more than one dimension."""
     return {name: float((p == 0).sum()) / p.numel() for name, p in model.named_parameters() if p.dim() > 1}
-
-
-def nonzero_parameters(model: nn.Module) -> int:
-    """Number of non-zero parameters (what pruning and thinning reduce)."""
-    return int(sum(int((p != 0).sum()) for p in model.parameters()))
 
 
 def archive(folder: Path) -> Path | None:
@@ -315,7 +311,7 @@ class AppTrainer:
         return env
 
     def run(self) -> dict[str, Any]:
-        """Start, build, train all epochs (hooks in the order of DESIGN.md §2), validate and save each epoch."""
+        """Start, build, train all epochs (hooks in the order of docs/architecture.md), validate and save each epoch."""
         self.start()
         try:
             with deterministic_cudnn(self.device):
@@ -375,7 +371,7 @@ class AppTrainer:
 class AppTester:
     """Tests a checkpoint: `Tester(config, testing_loader).run(config)` writes results/<run>/."""
 
-    __test__ = False  # not a pytest test class
+    __test__ = False  # not a pytest test class (nor are the apps' Tester subclasses, which inherit this)
 
     APP = ""
 

@@ -11,7 +11,7 @@ from apputils import distributed
 from .data import get_testing_set, get_training_set, get_validation_set
 from .options import TestOptions, TrainOptions
 from .solver import Trainer
-from .test_solver import Tester
+from .tester import Tester
 
 
 def build_train_loaders(opt: argparse.Namespace) -> tuple[DataLoader, DataLoader]:

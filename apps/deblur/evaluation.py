@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from apps.common.evaluation import dataset_cache
 from apps.common.metrics import psnr, ssim, to_uint8
+from compress.modules import eval_mode
 
 
 @dataclass
@@ -54,11 +55,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
 
     `on_image(sample, deblurred_rgb8)` is called per image (used to write the deblurred images).
     """
-    was_training = model.training
-    model.eval()
     scores: list[ImageScore] = []
     cache = dataset_cache(loader, "_blurred_scores")
-    try:
+    with eval_mode(model):
         for batch in loader:
             out = model(batch["blur"].to(device)).float().cpu()
             blur, sharp = batch["blur"], batch["sharp"]
@@ -73,8 +72,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
                 if on_image is not None:
                     on_image({key: (v[k] if isinstance(v, torch.Tensor | list) else v) for key, v in batch.items()},
                              out8)
-    finally:
-        model.train(was_training)
     return scores
 
 

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from apps.common.solver import AppTrainer, nonzero_parameters
+from apps.common.solver import AppTrainer
 from apputils import distributed
 from apputils.checkpoint import rebuild_model
+from compress.modules import nonzero_parameters
 
 from .evaluation import evaluate, mean_scores
 from .losses import PerceptualLoss, gradient_penalty

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from apps.common.evaluation import dataset_cache
 from apps.common.solver import resolve_device
+from compress.modules import eval_mode
 
 from .metrics import psnr, ssim, to_uint8
 from .models import input_kind
@@ -40,11 +41,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, border:
 
     `on_image(sample, sr_y_uint8)` is called per image (used to write the SR images).
     """
-    was_training = model.training
-    model.eval()
     scores: list[ImageScore] = []
     cache = dataset_cache(loader, "_bicubic_scores")
-    try:
+    with eval_mode(model):
         for batch in loader:
             out = model(model_input(model, batch, device)).float().cpu()
             hr, bic = batch["hr"], batch["bicubic"]
@@ -60,8 +59,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, border:
                 if on_image is not None:
                     on_image({key: (v[k] if isinstance(v, torch.Tensor | list) else v)
                               for key, v in batch.items()}, sr8)
-    finally:
-        model.train(was_training)
     return scores
 
 

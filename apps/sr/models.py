@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.modules import unwrap
+
 
 def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, padding=k // 2)
@@ -148,5 +150,4 @@ def build_model(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
 
 def input_kind(model: nn.Module) -> str:
     """'bicubic' when the model takes the bicubic-upscaled image, 'lr' when it takes the LR image."""
-    inner = getattr(model, "module", model)  # DataParallel / DDP
-    return getattr(inner, "INPUT_KIND", "bicubic")
+    return getattr(unwrap(model), "INPUT_KIND", "bicubic")

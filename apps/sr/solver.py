@@ -10,9 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from apps.common.solver import AppTrainer, archive, deterministic_cudnn, layer_sparsity, nonzero_parameters
+from apps.common.solver import AppTrainer, archive, deterministic_cudnn, layer_sparsity
 from apputils.checkpoint import CheckpointError, load_checkpoint, rebuild_model
 from apputils.execution_env import UserError
+from compress.modules import nonzero_parameters
 
 from .evaluation import evaluate, mean_scores, model_input
 from .models import MODELS, build_model
@@ -37,9 +38,10 @@ def arch_input_kind(name: str) -> str:
     return MODELS[name].INPUT_KIND
 
 
-def dummy_input(scale: int, kind: str, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A small input of the right kind, for tracing the graph (structured pruning, thinning, reports)."""
-    side = 32 if kind == "bicubic" else 32 // scale or 1
+def dummy_input(scale: int, kind: str, device: torch.device | str = "cpu", side: int = 32) -> torch.Tensor:
+    """A zero Y input of the right kind for an HR image of `side` pixels: the HR size for pre-upsampling nets,
+    `side // scale` for LR-input nets. 32 for tracing (structured pruning, thinning); the reports use 64."""
+    side = side if kind == "bicubic" else side // scale or 1
     return torch.zeros(1, 1, side, side, device=device)
 
 

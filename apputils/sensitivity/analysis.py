@@ -14,12 +14,13 @@ from torch import nn
 from tqdm import tqdm
 
 from compress.masks import canonical
+from compress.modules import eval_mode, unwrap
 from compress.pruning.groups import GroupResolver, LocalGroups
 from compress.thinning import TracedGroups
 
 from .. import distributed
 from ..workbooks import write_sensitivity_workbook
-from .evaluation import Evaluation, device_of, eval_mode, restore_modes
+from .evaluation import Evaluation, device_of
 from .evaluators import CachedEvaluation, Evaluator, WholeModel, try_trace
 from .steps import SENSE_TYPES, Plan, SenseType, prunable_weights
 from .tuning import MEMORY_FORMATS, MemoryFormat
@@ -56,18 +57,15 @@ def sensitivity_analysis(model: nn.Module, sensitivity_file: str | Path | None,
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f"memory_format={memory_format!r} is not supported: use one of {', '.join(MEMORY_FORMATS)}")
     levels, names = _validate(model, sense_type, sparsities, weights)
-    inner = _unwrap(model)
+    inner = unwrap(model)
     params = {canonical(n): p for n, p in inner.named_parameters()}
-    states = eval_mode(model)
-    try:
+    with eval_mode(model):
         resolver = group_resolver or _default_resolver(inner, sense_type, test_func, dummy_input)
         names, skipped = _prunable_by_groups(names, weights is not None, resolver, sense_type)
         runner = try_trace(inner) if use_cache and isinstance(test_func, Evaluation) else None
         evaluator: Evaluator = (WholeModel(model, test_func, params) if runner is None else
                                 CachedEvaluation(runner, test_func, model, params, memory_format, fast_kernels))
         rows = _analyse(Plan(params, names, levels, sense_type, resolver), evaluator, progress)
-    finally:
-        restore_modes(states)
     df = pd.DataFrame(rows)
     if sensitivity_file is not None and distributed.is_main():
         metric_names = [c for c in df.columns if c not in ("parameter", "sparsity", "actual_sparsity")]
@@ -104,11 +102,6 @@ def _analyse(plan: Plan, evaluator: Evaluator, progress: bool) -> list[dict[str,
     return [row for name in plan.names for row in by_name.get(name, [])]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DataParallel / DistributedDataParallel."""
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return model
 
 
 def _validate(model: nn.Module, sense_type: str, sparsities: Sequence[float] | None,

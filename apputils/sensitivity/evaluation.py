@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.modules import eval_mode
+
 Metrics = dict[str, float]
 
 
@@ -43,13 +45,9 @@ class Evaluation:
 
     def __call__(self, model: nn.Module) -> Metrics:
         acc = MetricAverage()
-        states = eval_mode(model)
-        try:
-            with torch.no_grad():
-                for x, y in self.batches(device_of(model)):
-                    acc.add(self.metrics(model(x), y), batch_size(x))
-        finally:
-            restore_modes(states)
+        with eval_mode(model), torch.no_grad():
+            for x, y in self.batches(device_of(model)):
+                acc.add(self.metrics(model(x), y), batch_size(x))
         return acc.result()
 
 
@@ -105,16 +103,3 @@ def device_of(model: nn.Module) -> torch.device:
 def batch_size(x: Any) -> int:
     """The number of samples in a model input: its first dimension (1 for anything else)."""
     return int(x.shape[0]) if torch.is_tensor(x) and x.dim() > 0 else 1
-
-
-def eval_mode(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Put `model` in eval mode; return every module's previous mode for `restore_modes`."""
-    states = [(m, m.training) for m in model.modules()]
-    model.eval()
-    return states
-
-
-def restore_modes(states: list[tuple[nn.Module, bool]]) -> None:
-    """Give each module back the train / eval mode `eval_mode` recorded."""
-    for m, training in states:
-        m.training = training

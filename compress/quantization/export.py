@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..modules import eval_mode
 from .core import (
     ActQuant,
     Grid,
@@ -465,30 +466,28 @@ def export_mode(model: nn.Module, example_input: torch.Tensor) -> Iterator[Expor
     unknown = [type(m).__name__ for m in model.modules() if isinstance(m, QuantLayer) and type(m) not in EXPORT_CLASSES]
     if unknown:
         raise ValueError(f"no INT8 export for the quantized layer class {unknown[0]}")
-    training = model.training
-    model.eval()  # ranges stay as they are (no EMA update, no calibration)
-    grids, plan = _plan(model, example_input)
-    layers = {name: _layer_export(m, grids[m]) for name, m in model.named_modules()
-              if isinstance(m, QuantLayer) and m in grids}
-    config = ExportConfig(layers, sum(q is not None for q in plan))
-    by_module = {m: layers[name] for name, m in model.named_modules() if name in layers}
-    swapped: list[tuple[nn.Module, type[nn.Module]]] = []
-    for m in model.modules():
-        cls = EXPORT_CLASSES.get(type(m))
-        if cls is not None:
-            swapped.append((m, type(m)))
-            m.__class__ = cls
-            if isinstance(m, QuantLayer):
-                m.export_config = by_module.get(m)
-    emulation = _QLinearAddEmulation(plan)
-    handle = model.register_forward_pre_hook(emulation.reset)
-    try:
-        with emulation:
-            yield config
-    finally:
-        handle.remove()
-        for m, cls in swapped:
-            if isinstance(m, QuantLayer):
-                del m.export_config
-            m.__class__ = cls
-        model.train(training)
+    with eval_mode(model):  # ranges stay as they are (no EMA update, no calibration)
+        grids, plan = _plan(model, example_input)
+        layers = {name: _layer_export(m, grids[m]) for name, m in model.named_modules()
+                  if isinstance(m, QuantLayer) and m in grids}
+        config = ExportConfig(layers, sum(q is not None for q in plan))
+        by_module = {m: layers[name] for name, m in model.named_modules() if name in layers}
+        swapped: list[tuple[nn.Module, type[nn.Module]]] = []
+        for m in model.modules():
+            cls = EXPORT_CLASSES.get(type(m))
+            if cls is not None:
+                swapped.append((m, type(m)))
+                m.__class__ = cls
+                if isinstance(m, QuantLayer):
+                    m.export_config = by_module.get(m)
+        emulation = _QLinearAddEmulation(plan)
+        handle = model.register_forward_pre_hook(emulation.reset)
+        try:
+            with emulation:
+                yield config
+        finally:
+            handle.remove()
+            for m, cls in swapped:
+                if isinstance(m, QuantLayer):
+                    del m.export_config
+                m.__class__ = cls

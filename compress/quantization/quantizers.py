@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import ArgumentError, did_you_mean
 from ..masks import canonical, canonical_pattern
+from ..modules import eval_mode
 from ..policy import Component, Context, Step, Timing
 from ..registry import QUANTIZERS
 from .core import (
@@ -571,21 +572,19 @@ class PostTrainLinearQuantizer(QuantAwareTrainRangeLinearQuantizer):
     @torch.no_grad()
     def calibrate(self, batches: Iterable[torch.Tensor]) -> None:
         """Run the model (in eval mode) on `batches` to calibrate, then fix the ranges."""
-        was_training = self.model.training
-        self.model.eval()
-        if self.calibrated:
-            for q in act_quants(self.model, "calib"):
-                q.stats.zero_()
-                q.stats[5], q.stats[6] = float("inf"), float("-inf")
-            self.calibrated = False
-            self._start_calibration()
-        for x in batches:
-            self.model(x)
+        with eval_mode(self.model):
             if self.calibrated:
-                break
-        if not self.calibrated:
-            self.finish_calibration()
-        self.model.train(was_training)
+                for q in act_quants(self.model, "calib"):
+                    q.stats.zero_()
+                    q.stats[5], q.stats[6] = float("inf"), float("-inf")
+                self.calibrated = False
+                self._start_calibration()
+            for x in batches:
+                self.model(x)
+                if self.calibrated:
+                    break
+            if not self.calibrated:
+                self.finish_calibration()
 
     def on_epoch_begin(self, ctx: Context, step: Step, timing: Timing) -> None:
         """Post-training quantization is on from prepare(); epochs change nothing."""

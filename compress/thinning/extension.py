@@ -10,10 +10,11 @@ from torch import nn
 
 from ..errors import ArgumentError, did_you_mean
 from ..masks import canonical
+from ..modules import unwrap
 from ..policy import Component, Context, Step, Timing
 from ..pruning.groups import Kind
 from ..registry import EXTENSIONS
-from .graph import ThinningError, TracedGroups, unwrap
+from .graph import ThinningError, TracedGroups
 from .inputs import DATASET_SHAPES
 from .thin import ThinningStep, apply_recipe, thin
 

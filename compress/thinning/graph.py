@@ -28,6 +28,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..masks import canonical
+from ..modules import WRAPPERS, eval_mode, unwrap
 from ..pruning.groups import ChannelGroup, GroupMember, Kind
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,6 @@ _REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 _CAT_FUNCS = {torch.cat, torch.concat, torch.concatenate}
 
 
-_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-
-
 class _UnionFind:
     def __init__(self) -> None:
         self.parent: list[int] = []
@@ -146,12 +144,12 @@ class _Tracer(fx.Tracer):
         self.failed_in: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, _WRAPPERS):
+        if isinstance(m, WRAPPERS):
             return False
         return canonical(module_qualified_name) in self.opaque or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
-        if isinstance(m, _WRAPPERS):  # DataParallel / DDP anywhere in the model: trace what they wrap
+        if isinstance(m, WRAPPERS):  # DataParallel / DDP anywhere in the model: trace what they wrap
             return self.call_module(m.module, m.module.forward, args, kwargs)
         self.stack.append(self.path_of_module(m))
         try:
@@ -162,13 +160,6 @@ class _Tracer(fx.Tracer):
             raise
         finally:
             self.stack.pop()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The wrapped model of DataParallel / DistributedDataParallel, else the model itself."""
-    while isinstance(model, _WRAPPERS):
-        model = model.module
-    return model
 
 
 def _first_line(exc: Exception) -> str:
@@ -193,17 +184,12 @@ def _symbolic_trace(model: nn.Module, opaque: set[str]) -> fx.Graph:
 def _trace(model: nn.Module, dummy_input: Any, opaque: set[str]) -> fx.GraphModule:
     gm = fx.GraphModule(model, _symbolic_trace(model, opaque))
     inputs = dummy_input if isinstance(dummy_input, (tuple, list)) else (dummy_input,)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()  # BatchNorm must not update its running statistics on the dummy input
-    try:
-        with torch.no_grad():
+    try:  # in eval mode: BatchNorm must not update its running statistics on the dummy input
+        with eval_mode(model), torch.no_grad():
             ShapeProp(gm).propagate(*inputs)
     except Exception as exc:  # ShapeProp names the node and chains the operation's own error
         raise ThinningError(f"cannot run the model on the dummy input for thinning ({_first_line(exc.__cause__ or exc)}); "
                             "pass a dummy_input the model accepts, e.g. torch.zeros(1, C, H, W)") from None
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
     return gm
 
 

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..modules import eval_mode
+
 
 def count_params(model: nn.Module) -> int:
     """Number of parameter elements."""
@@ -50,14 +52,10 @@ def count_macs(model: nn.Module, dummy_input: Any) -> int:
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(*dummy_input) if isinstance(dummy_input, (tuple, list)) else model(dummy_input)
     finally:
-        for m, mode in modes.items():
-            m.training = mode
         for h in handles:
             h.remove()
     return total

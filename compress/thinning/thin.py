@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from ..masks import MaskStore, canonical
+from ..modules import unwrap
 from ..pruning.groups import Kind
-from .graph import Analysis, Slot, ThinningError, analyse, unwrap
+from .graph import Analysis, Slot, ThinningError, analyse
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Registries, the builder, policy kinds and hook calls, tested with components registered here."""
+"""Registries, the builder, policy kinds and hook calls, tested with components registered for each test."""
 from typing import Literal
 
 import pytest
@@ -14,8 +14,6 @@ from .nets import Plain, sgd
 CALLS: list[tuple] = []
 
 
-@EXTENSIONS.register("RecordingExtension")
-@QUANTIZERS.register("RecordingQuantizer")
 class Recorder(Component):
     """Records every hook call; counts prepare() calls; keeps a counter as state."""
 
@@ -55,6 +53,13 @@ class Recorder(Component):
 
     def load_state_dict(self, state):
         self.count = state["count"]
+
+
+@pytest.fixture(autouse=True)
+def recording_classes():
+    """Recorder as RecordingQuantizer and RecordingExtension, registered for one test only."""
+    with QUANTIZERS.temporarily(Recorder, "RecordingQuantizer"), EXTENSIONS.temporarily(Recorder, "RecordingExtension"):
+        yield
 
 
 SCHEDULE = {
@@ -141,6 +146,25 @@ def test_registry_decorator_and_duplicates():
         reg.add("Widget", Widget)
 
 
+def test_temporary_registration_ends_with_its_block_even_on_an_error():
+    reg = Registry("widget")
+
+    def Widget(size: int):
+        return size
+
+    with reg.temporarily(Widget) as registered:
+        assert registered is Widget and reg.get("Widget") is Widget
+        with pytest.raises(KeyError, match="already registered"), reg.temporarily(Widget):
+            pass
+        assert reg.get("Widget") is Widget  # the refused clash left the first entry alone
+    assert "Widget" not in reg
+    with pytest.raises(ValueError, match="inside"), reg.temporarily(Widget, name="Gadget"):
+        assert reg.names() == ["Gadget"]
+        raise ValueError("inside")
+    assert reg.names() == []
+    assert "RecordingQuantizer" in QUANTIZERS  # this module's fixture registers its classes for each test
+
+
 @pytest.mark.parametrize("value,tp,ok", [(1, float, True), (True, float, False), (1.5, int, False),
                                          ([1, 2], list[int], True), ([1, "a"], list[int], False),
                                          ({"a": 0.1}, dict[str, float], True), (None, int | None, True),
@@ -151,12 +175,15 @@ def test_matches(value, tp, ok):
 
 
 def test_every_torch_lr_scheduler_is_registered():
+    """Declarable torch schedules build torch's own class; the ones taking code or objects are refused by name."""
     from torch.optim import lr_scheduler
     for name in ("StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts",
-                 "CyclicLR", "OneCycleLR", "ReduceLROnPlateau", "LinearLR", "ConstantLR", "PolynomialLR",
-                 "LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler"):
-        assert name in compress.LR_SCHEDULERS, name
-        assert hasattr(lr_scheduler, name)
+                 "CyclicLR", "OneCycleLR", "ReduceLROnPlateau", "LinearLR", "ConstantLR", "PolynomialLR"):
+        assert compress.LR_SCHEDULERS.get(name) is getattr(lr_scheduler, name), name
+    src = ScheduleSource({}, "s.yaml")
+    for name in ("LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler"):
+        with pytest.raises(ScheduleError, match=f"{name} cannot be declared in a schedule"):
+            build({"class": name}, compress.LR_SCHEDULERS, source=src, path=("lr_schedulers", "lr"))
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of")

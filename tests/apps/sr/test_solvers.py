@@ -1,4 +1,4 @@
-"""Trainer and Tester in-process on a tiny folder: the hook order of DESIGN.md §2, checkpoints, the
+"""Trainer and Tester in-process on a tiny folder: the hook order of docs/architecture.md, checkpoints, the
 reports hand-over."""
 import argparse
 import logging

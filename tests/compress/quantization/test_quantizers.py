@@ -223,7 +223,10 @@ def test_quantized_checkpoint_reloads_for_evaluation():
     rebuilt, _, _ = _rebuild(_save(model, opt, sched), with_optimizer=False)
     rebuilt.eval()
     assert torch.equal(rebuilt(x), expected)
-    assert not torch.allclose(PNet().eval()(x), expected)
+    same_weights_in_float = PNet().eval()
+    same_weights_in_float.load_state_dict(dict(rebuilt.named_parameters()))
+    # the rebuilt model is quantized: the float network with its very weights computes something else
+    assert not torch.allclose(same_weights_in_float(x), expected, atol=1e-3)
 
 
 def test_post_training_quantizer_calibrates_then_quantizes():
@@ -301,17 +304,32 @@ def test_pact_without_optimizer_and_state_round_trip():
     assert float(other.act2.act_quant.clip_hi.detach()) == 1.5 and q2.active
 
 
-def test_asymmetric_signed_and_unsigned_give_the_same_values():
-    outputs = []
-    for mode in ("ASYMMETRIC_UNSIGNED", "ASYMMETRIC_SIGNED"):
-        torch.manual_seed(0)
-        model = PNet()
-        sched = compress.dict_config(model, None, schedule({"class": "QuantAwareTrainRangeLinearQuantizer",
-                                                           "mode": mode, "bits_weights": 4}))
-        sched.on_epoch_begin(0)
-        model.train()(torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(2)))  # track ranges
-        outputs.append(model.eval()(torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(3))))
-    assert torch.equal(outputs[0], outputs[1])
+def distiller_asymmetric(w: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """Distiller's asymmetric linear quantization of `w` on its [min, max] range (zero included), written out
+    with integer codes: [0, 2**bits - 1] unsigned, [-2**(bits-1), 2**(bits-1) - 1] signed (zero point shifted)."""
+    lo, hi = min(float(w.min()), 0.0), max(float(w.max()), 0.0)
+    scale = (2 ** bits - 1) / (hi - lo)  # Distiller's scale: codes per unit
+    offset = 2 ** (bits - 1) if signed else 0
+    zero_point = round(scale * lo) + offset
+    codes = torch.clamp(torch.round(scale * w.double() - zero_point), -offset, 2 ** bits - 1 - offset)
+    if signed:
+        assert codes.min() < 0 < codes.max()  # the signed codes really are signed
+    return ((codes + zero_point) / scale).float()
+
+
+@pytest.mark.parametrize("mode,signed", [("ASYMMETRIC_UNSIGNED", False), ("ASYMMETRIC_SIGNED", True)])
+def test_asymmetric_modes_give_distillers_values(mode, signed):
+    torch.manual_seed(0)
+    model = PNet()
+    with torch.no_grad():  # zero point 0.6 / (1.6 / 15) = 5.625: rounding it, not truncating, matters here
+        w = model.conv2.weight
+        w.copy_(torch.linspace(-0.6, 1.0, w.numel()).reshape_as(w))
+    sched = compress.dict_config(model, None, schedule({"class": "QuantAwareTrainRangeLinearQuantizer",
+                                                       "mode": mode, "bits_weights": 4}))
+    sched.on_epoch_begin(0)
+    for layer in (model.conv1, model.conv2, model.conv3):
+        expected = distiller_asymmetric(layer.weight.detach(), 4, signed)
+        torch.testing.assert_close(layer.weight_quant(layer.weight.detach()), expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("cls", ["DorefaQuantizer", "PACTQuantizer", "WRPNQuantizer",

@@ -13,8 +13,9 @@ from PIL import Image
 from torch import nn
 
 from apps.common.metrics import psnr, ssim
-from apps.common.solver import AppTester, nonzero_parameters, score_table
+from apps.common.solver import AppTester, score_table
 from apputils.checkpoint import load_checkpoint, rebuild_model
+from compress.modules import nonzero_parameters
 
 from .evaluation import ImageScore, evaluate, mean_scores, rgb8
 from .models import build_generator
@@ -33,8 +34,6 @@ def format_table(scores: list[ImageScore]) -> str:
 
 class Tester(AppTester):
     """Tests a deblurring checkpoint: `Tester(config, testing_loader).run(config)`."""
-
-    __test__ = False  # not a pytest test class
 
     APP = APP
 

@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from apps.common.solver import AppTester, nonzero_parameters, score_table
+from apps.common.solver import AppTester, score_table
 from apputils.checkpoint import load_checkpoint, rebuild_model
 from apputils.execution_env import UserError
+from compress.modules import nonzero_parameters
 
 from .evaluation import ImageScore, evaluate, mean_scores
 from .metrics import psnr, ssim, to_uint8, ycbcr_to_rgb
@@ -34,8 +35,6 @@ def format_table(scores: list[ImageScore], scale: int) -> str:
 
 class Tester(AppTester):
     """Tests an SR checkpoint: `Tester(config, testing_loader).run(config)`."""
-
-    __test__ = False  # not a pytest test class
 
     APP = APP
 
@@ -111,8 +110,7 @@ class Tester(AppTester):
             return {"psnr": float(np.mean([v[0] for v in values])), "ssim": float(np.mean([v[1] for v in values])),
                     "loss": float(((out.clamp(0, 1) - hr) ** 2).mean())}
 
-        side = 64 if kind == "bicubic" else 64 // border
-        dummy = torch.zeros(1, 1, side, side, device=self.device)
+        dummy = dummy_input(border, kind, self.device, side=64)
         out = self.out_dir / "reports"
         out.mkdir(parents=True, exist_ok=True)
         schedule = (self.checkpoint or {}).get("schedule") or {}
