@@ -1,6 +1,7 @@
 """Running a function in 2 CPU processes joined by a gloo process group (shared by the DDP tests).
 
-The processes are forked (the suite runs torch single-threaded), so they start in a fraction of a second.
+The processes come from a fork server (started once, without the threads a test may have started, with
+torch and compress imported), so they start safely and in a fraction of a second.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def _worker(rank: int, world: int, port: int, fn: Callable[..., Any], args: tupl
 
 def run_ranks(fn: Callable[..., Any], *args: Any, world: int = 2, timeout: float = 120) -> list[Any]:
     """[fn(rank, *args) for each rank], each run in its own process inside a gloo group (fn: module level)."""
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "torch.distributed", "compress", "tests.distributed_runs"])
     results = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world, port, fn, args, results)) for r in range(world)]
@@ -54,9 +56,10 @@ def run_ranks(fn: Callable[..., Any], *args: Any, world: int = 2, timeout: float
             if status == "error":
                 raise AssertionError(f"rank {rank} failed:\n{value}")
             out[rank] = torch.load(io.BytesIO(value), weights_only=True)
-    finally:
+    finally:  # after a failure the other rank may wait for the failed one: do not wait long for it
         for p in procs:
-            p.join(timeout)
+            p.join(timeout if len(out) == world else 1)
             if p.is_alive():
                 p.kill()
+                p.join()
     return [out[r] for r in range(world)]
