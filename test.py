@@ -9,6 +9,8 @@ from apputils.huge_pages import prefer_huge_pages
 prefer_huge_pages()  # before torch is imported: faster whole-image CPU evaluation (apputils/huge_pages.py)
 
 from apps import get_app, optform  # noqa: E402
+from apps.common.solver import resolve_device  # noqa: E402
+from apputils import distributed  # noqa: E402
 from apputils.execution_env import run_entry  # noqa: E402
 
 
@@ -19,8 +21,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> None:
         app = get_app(optform(argv))
         opt = app.TestOptions().parse(argv)
-        tester = app.Tester(opt, app.build_test_loader(opt))
-        result = tester.run(opt)
+        with distributed.process_group(resolve_device(opt.device)):  # torchrun: ranks share the sensitivity analysis
+            tester = app.Tester(opt, app.build_test_loader(opt))
+            result = tester.run(opt)
+            main = distributed.is_main()
+        if not main:
+            return
         print("\n" + result["table"])
         print(f"\n  images and metrics.csv  {result['images']}")
         print(f"  log                     {result['log']}")

@@ -30,6 +30,19 @@ class UserError(Exception):
     """A failure caused by the user's input; its message says what, where and how to fix it."""
 
 
+class NullWriter:
+    """A TensorBoard writer that drops everything: the other ranks of a torchrun job, where rank 0 writes."""
+
+    def add_scalar(self, tag: str, value: Any, step: int | None = None) -> None:
+        """Dropped."""
+
+    def flush(self) -> None:
+        """Nothing to flush."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 @dataclass
 class RunEnv:
     """What a run has opened: its name, folder, log file and TensorBoard writer."""
@@ -37,7 +50,7 @@ class RunEnv:
     name: str
     folder: Path
     log_file: Path
-    writer: SummaryWriter
+    writer: SummaryWriter | NullWriter
 
     def close(self) -> None:
         """Flush and close the TensorBoard writer and the log file handler."""
@@ -78,6 +91,12 @@ def setup_run(name: str, logdir: str | Path = "logs", level: int = logging.INFO)
     writer = SummaryWriter(logdir=str(folder))
     log.info("run '%s': log %s, TensorBoard %s", name, log_file, folder)
     return RunEnv(name=name, folder=folder, log_file=log_file, writer=writer)
+
+
+def follow_run(name: str, logdir: str | Path = "logs") -> RunEnv:
+    """setup_run's paths without opening anything: a rank other than 0, whose outputs rank 0 writes."""
+    folder = Path(logdir) / name
+    return RunEnv(name=name, folder=folder, log_file=folder / f"{name}.log", writer=NullWriter())
 
 
 def env_info() -> dict[str, Any]:

@@ -22,6 +22,7 @@ from torch import nn
 from compress import sparsity_summary
 from compress.modules import nonzero_parameters
 
+from . import distributed
 from .execution_env import UserError
 from .macs import model_macs
 from .platform_summaries import (
@@ -63,11 +64,19 @@ def write_reports(model: nn.Module, test_func: Callable[[nn.Module], Mapping[str
     `test_func` is a test_func(model) -> {'psnr': .., ...} or an apputils.sensitivity.Evaluation
     (faster sensitivity analysis). `tolerance` is the drop of the first metric (dB for PSNR) the
     suggested per-layer sparsity may cost. Raises ReportError after writing what it could when a
-    tool failed. The model is left unchanged.
+    tool failed. The model is left unchanged. Under torchrun rank 0 writes everything and the other ranks
+    only take their share of the sensitivity analysis (they return {}).
     """
     if sense_type not in SENSE_TYPES:
         raise ReportError(f"--sense_type {sense_type!r} is not supported: use one of {', '.join(SENSE_TYPES)}",
                           {})
+    if not distributed.is_main():
+        try:
+            sensitivity_analysis(model, None, test_func, sense_type, sparsities, dummy_input=dummy_input,
+                                 progress=False)
+        except Exception:  # noqa: BLE001 - rank 0 meets the same failure and reports it
+            log.debug("reports: sensitivity failed on this rank", exc_info=True)
+        return {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}

@@ -54,6 +54,7 @@ class CompressionScheduler:
         self._input_ready = input_ready
         self._queued: list[tuple[str, Step]] = []
         self._hook: Any = None
+        self._model_listeners: list[Callable[[torch.nn.Module], None]] = []
         ctx.scheduler = self
 
     @property
@@ -158,6 +159,16 @@ class CompressionScheduler:
         step = Step(epoch, optimizer=self.ctx.optimizer, metrics=metrics)
         for call, policy in self._calls(epoch, "on_epoch_end"):
             call(self.ctx, step, policy.timing)
+
+    def add_model_listener(self, listener: Callable[[torch.nn.Module], None]) -> None:
+        """Call `listener(model)` whenever a component changes the model's structure (thinning replaces
+        parameters): whatever holds the old ones, such as a DistributedDataParallel wrapper, must be rebuilt."""
+        self._model_listeners.append(listener)
+
+    def model_changed(self) -> None:
+        """Tell the listeners that the model's structure changed (called by the component that changed it)."""
+        for listener in self._model_listeners:
+            listener(self.ctx.model)
 
     def state_dict(self) -> dict[str, Any]:
         """Masks and every component's state: plain data and tensors only."""

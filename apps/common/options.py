@@ -72,6 +72,10 @@ def add_loop_options(g: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     g.add_argument("--nEpochs", type=positive(int), default=8, help="number of epochs")
     g.add_argument("--iters_per_epoch", type=positive(int), default=150,
                    help="minibatches per epoch (random crops, so any number works)")
+    g.add_argument("--scale_lr", action="store_true",
+                   help="under torchrun, train with --lr x the number of processes (the linear scaling rule: "
+                        "the global batch is --batchSize x processes); a run resumed with another number of "
+                        "processes rescales its optimizer's learning rate the same way")
 
 
 def add_run_options(p: argparse.ArgumentParser, default_name: str) -> None:

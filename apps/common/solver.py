@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import math
 import shutil
@@ -22,18 +23,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from apputils import distributed
 from apputils.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
-from apputils.execution_env import FILE_ONLY, RunEnv, UserError, log_env_info, setup_run
+from apputils.execution_env import FILE_ONLY, RunEnv, UserError, follow_run, log_env_info, setup_run
 from compress.modules import nonzero_parameters
 
 log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is refused by the caller's options."""
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is refused by the caller's options.
+    Under torchrun a CUDA device is the rank's, cuda:LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return distributed.rank_device(torch.device(name))
 
 
 def layer_sparsity(model: nn.Module) -> dict[str, float]:
@@ -97,7 +100,8 @@ def score_table(title: str, baseline: str, model: str, rows: list[tuple[str, flo
 class AppTrainer:
     """Runs an app's training: `Trainer(config, training_loader, validation_loader).run()`.
 
-    `self.model` is the network the schedule compresses and test.py deploys; `self.optimizer` trains it.
+    `self.model` is the network the schedule compresses and test.py deploys; `self.optimizer` trains it;
+    `self.net` runs its training forward passes: `self.model` itself, or under torchrun its DDP wrapper.
     `best.pth` is the checkpoint with the fewest non-zero parameters of `self.model` and, among those,
     the best validation PSNR, so a compression run's best model is always a fully compressed one.
     """
@@ -110,6 +114,7 @@ class AppTrainer:
         self.validation_loader = validation_loader
         self.device = resolve_device(config.device)
         self.model: nn.Module | None = None
+        self.net: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.compression_scheduler: Any = None
         self.start_epoch = 0
@@ -151,16 +156,24 @@ class AppTrainer:
         """One line on the run's best result, printed by train.py after 'run <name>: '."""
         raise NotImplementedError
 
+    @property
+    def lr(self) -> float:
+        """The learning rate to train with: --lr, times the number of processes with --scale_lr."""
+        return self.opt.lr * (distributed.world_size() if getattr(self.opt, "scale_lr", False) else 1)
+
     # -- resuming ---------------------------------------------------------------------------------
     def load_resume(self) -> dict[str, Any]:
         """The --resume checkpoint; a newer latest.pth of the run is copied aside first, never lost."""
         ckpt = load_checkpoint(self.opt.resume, self.APP)
+        distributed.on_main(self._keep_newer_latest)
+        return ckpt
+
+    def _keep_newer_latest(self) -> None:
         latest = self.run_dir / "latest.pth"
         if latest.exists() and latest.resolve() != Path(self.opt.resume).resolve():
             kept = latest.with_name(f"latest_before_resume_{time.strftime('%Y%m%d-%H%M%S')}.pth")
             shutil.copy2(latest, kept)  # resuming from an older file must not lose the newer one
             log.warning("resuming from %s: the run's newer %s was kept as %s", self.opt.resume, latest, kept)
-        return ckpt
 
     def restore_progress(self, ckpt: dict[str, Any]) -> None:
         """Epoch, best result, step count, history and random states of a checkpoint."""
@@ -176,6 +189,16 @@ class AppTrainer:
             set_rng_states(ckpt["rng"])
         log.info("resumed %s at the end of epoch %d (best PSNR %.3f dB at epoch %d)",
                  self.opt.resume, self.epoch, self.best_metric, self.best_epoch)
+        saved, now = int(ckpt.get("world_size", 1)), distributed.world_size()
+        if saved != now:
+            log.warning("the checkpoint was written by a run of %d process(es) and this run has %d: the global batch "
+                        "changes from %d to %d (per-process --batchSize %d)", saved, now, saved * self.opt.batchSize,
+                        now * self.opt.batchSize, self.opt.batchSize)
+            if getattr(self.opt, "scale_lr", False) and self.optimizer is not None:
+                for group in self.optimizer.param_groups:
+                    group["lr"] *= now / saved
+                log.warning("--scale_lr: the learning rate is scaled by %d/%d to %.3g", now, saved,
+                            self.optimizer.param_groups[0]["lr"])
 
     def progress(self) -> dict[str, Any]:
         """The checkpoint keys every app writes besides its networks (see apputils/checkpoint.py)."""
@@ -187,16 +210,17 @@ class AppTrainer:
                 "epoch": self.epoch, "best_metric": float(self.best_metric), "best_epoch": self.best_epoch,
                 "best_key": list(self.best_key) if self.best_key else None,
                 "global_step": self.global_step, "history": self.history,
-                "options": options, "rng": rng_states(), "run": self.opt.save}
+                "options": options, "rng": rng_states(), "run": self.opt.save,
+                "world_size": distributed.world_size()}
 
     # -- the training loop's shared steps ----------------------------------------------------------
     def epoch_bar(self, epoch: int) -> tqdm:
         """The training batches of `epoch` (the data set's random crops of that epoch) behind a progress bar."""
-        dataset = self.training_loader.dataset
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
+        for part in (self.training_loader.dataset, self.training_loader.sampler):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
         return tqdm(self.training_loader, total=len(self.training_loader), desc=f"epoch {epoch + 1}/{self.opt.nEpochs}",
-                    leave=False, dynamic_ncols=True, mininterval=0.5)
+                    leave=False, dynamic_ncols=True, mininterval=0.5, disable=not distributed.is_main())
 
     def optimizer_step(self, epoch: int, i: int, n: int, loss: torch.Tensor, sched: Any
                        ) -> tuple[float, dict[str, torch.Tensor]]:
@@ -232,7 +256,8 @@ class AppTrainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, metrics: dict[str, float] | None = None) -> bool:
-        """Write latest.pth, and best.pth when this epoch is the best so far; True if it was."""
+        """Write latest.pth, and best.pth when this epoch is the best so far (rank 0; the others wait for it);
+        True if it was."""
         state = self.checkpoint()
         is_best = False
         if metrics is not None:
@@ -241,9 +266,13 @@ class AppTrainer:
                 self.best_key, self.best_metric, self.best_epoch = key, metrics["psnr"], self.epoch
                 state.update(best_metric=float(self.best_metric), best_epoch=self.best_epoch, best_key=list(key))
                 is_best = True
-        save_checkpoint(state, self.run_dir / "latest.pth")
-        if is_best:
-            save_checkpoint(state, self.run_dir / "best.pth")
+
+        def write() -> None:
+            save_checkpoint(state, self.run_dir / "latest.pth")
+            if is_best:
+                save_checkpoint(state, self.run_dir / "best.pth")
+
+        distributed.on_main(write)
         return is_best
 
     def log_sparsity(self, epoch: int) -> float:
@@ -260,7 +289,13 @@ class AppTrainer:
     # -- main -------------------------------------------------------------------------------------
     def start(self) -> RunEnv:
         """Where the run begins touching the disk: a new run moves an earlier run of its name aside, then
-        the log and TensorBoard folder open (the moves are logged there)."""
+        the log and TensorBoard folder open (the moves are logged there). Under torchrun rank 0 does this
+        and the other ranks follow once it is done."""
+        env = distributed.on_main(self._open_run)
+        self.env = env if env is not None else follow_run(self.opt.save, self.opt.logdir)
+        return self.env
+
+    def _open_run(self) -> RunEnv:
         moved = [] if self.opt.resume else [
             (folder, archive(folder)) for folder in (self.run_dir, Path(self.opt.logdir) / self.opt.save)]
         try:
@@ -268,12 +303,12 @@ class AppTrainer:
         except OSError as err:
             raise UserError(f"cannot create the checkpoint folder '{self.run_dir}' ({err}); choose another "
                             f"--checkpoint_dir") from err
-        self.env = setup_run(self.opt.save, self.opt.logdir)
+        env = setup_run(self.opt.save, self.opt.logdir)
         for folder, target in moved:
             if target is not None:
                 log.warning("'%s' already existed: moved it to '%s'", folder, target)
         log.info("checkpoints of this run go to %s", self.run_dir)
-        return self.env
+        return env
 
     def run(self) -> dict[str, Any]:
         """Start, build, train all epochs (hooks in the order of docs/architecture.md), validate and save each epoch."""
@@ -284,6 +319,7 @@ class AppTrainer:
                 log.info("options: %s", {k: v for k, v in vars(self.opt).items() if k != "given"}, extra=FILE_ONLY)
                 self.build_model()
                 sched = self.compression_scheduler
+                self.net = self.wrap_model(sched)
                 log.info("%s", self.describe())
                 if self.start_epoch >= self.opt.nEpochs:
                     log.info("the run already finished %d epochs (--nEpochs %d): nothing to train",
@@ -293,7 +329,7 @@ class AppTrainer:
                     if sched is not None:
                         sched.on_epoch_begin(epoch, self.optimizer)
                     train_loss = self.train(epoch, sched)
-                    metrics = self.validate()
+                    metrics = distributed.broadcast_object(distributed.on_main(self.validate))
                     if sched is not None:
                         sched.on_epoch_end(epoch, self.optimizer, metrics=metrics)
                     self.epoch = epoch
@@ -303,6 +339,25 @@ class AppTrainer:
                 return self.summary()
         finally:
             self.env.close()
+
+    def wrap_model(self, sched: Any) -> nn.Module:
+        """self.model in DDP under torchrun (after the scheduler re-classed its layers), else self.model; the
+        wrapper is rebuilt whenever the scheduler changes the model's structure (thinning)."""
+        if distributed.world_size() == 1:
+            return self.model
+        log.info("%d processes (DDP, backend %s): per-process batch %d, global batch %d; rank 0 validates and "
+                 "writes logs, TensorBoard and checkpoints", distributed.world_size(),
+                 torch.distributed.get_backend(), self.opt.batchSize, self.opt.batchSize * distributed.world_size())
+        if sched is not None:
+            sched.add_model_listener(self._rewrap)
+        return distributed.wrap(self.model, self.device)
+
+    def _rewrap(self, model: nn.Module) -> None:
+        self.net = None  # the old wrapper's gradient hooks on the parameters kept by thinning go with it
+        gc.collect()
+        self.net = distributed.wrap(model, self.device)
+        log.info("the model changed (thinned to %d parameters): DDP wrapper rebuilt", sum(p.numel() for p in
+                                                                                      model.parameters()))
 
     def summary(self) -> dict[str, Any]:
         """Where everything went and the best result (`headline`: the line train.py prints)."""
@@ -352,31 +407,42 @@ class AppTester:
 
     # -- main -------------------------------------------------------------------------------------
     def run(self, opt: argparse.Namespace | None = None) -> dict[str, Any]:
-        """Build, test, write images and table; with --reports also the reports (apputils.reports)."""
+        """Build, test, write images and table; with --reports also the reports (apputils.reports).
+
+        Under torchrun rank 0 tests and writes everything; the other ranks only take their share of the
+        reports' sensitivity analysis (and return {})."""
         opt = opt or self.opt
+        env = distributed.on_main(lambda: self._open_results(opt)) or follow_run(f"{opt.save}_test", opt.logdir)
+        try:
+            log_env_info()
+            model = self.build_model()
+            result = distributed.on_main(lambda: self._test(model, env)) or {}
+            if opt.reports:
+                reports = self.reports(model)
+                if distributed.is_main():
+                    result["reports"] = reports
+            return result
+        finally:
+            env.close()
+
+    def _open_results(self, opt: argparse.Namespace) -> RunEnv:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"cannot create the results folder '{self.out_dir}' ({err}); choose another "
                             f"--results_dir") from err
-        env = setup_run(f"{opt.save}_test", opt.logdir)
-        try:
-            log_env_info()
-            model = self.build_model()
-            t0 = time.perf_counter()
-            means = self.test(model, save_images=True)
-            seconds = time.perf_counter() - t0
-            table = self.table()
-            for line in table.splitlines():
-                log.info(line, extra=FILE_ONLY)
-            csv_path = self.write_table()
-            env.writer.add_scalar("test/psnr", means["psnr"], 0)
-            env.writer.add_scalar("test/ssim", means["ssim"], 0)
-            result: dict[str, Any] = {"table": table, "metrics": means, "csv": str(csv_path),
-                                      "images": str(self.out_dir), "log": str(env.log_file),
-                                      "seconds": seconds, "nonzero_params": nonzero_parameters(model)}
-            if opt.reports:
-                result["reports"] = self.reports(model)
-            return result
-        finally:
-            env.close()
+        return setup_run(f"{opt.save}_test", opt.logdir)
+
+    def _test(self, model: nn.Module, env: RunEnv) -> dict[str, Any]:
+        """Test, table, metrics.csv and TensorBoard points: what test.py prints."""
+        t0 = time.perf_counter()
+        means = self.test(model, save_images=True)
+        seconds = time.perf_counter() - t0
+        table = self.table()
+        for line in table.splitlines():
+            log.info(line, extra=FILE_ONLY)
+        csv_path = self.write_table()
+        env.writer.add_scalar("test/psnr", means["psnr"], 0)
+        env.writer.add_scalar("test/ssim", means["ssim"], 0)
+        return {"table": table, "metrics": means, "csv": str(csv_path), "images": str(self.out_dir),
+                "log": str(env.log_file), "seconds": seconds, "nonzero_params": nonzero_parameters(model)}

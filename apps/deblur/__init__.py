@@ -6,6 +6,8 @@ import argparse
 
 from torch.utils.data import DataLoader
 
+from apputils import distributed
+
 from .data import get_testing_set, get_training_set, get_validation_set
 from .options import TestOptions, TrainOptions
 from .solver import Trainer
@@ -14,13 +16,15 @@ from .tester import Tester
 
 def build_train_loaders(opt: argparse.Namespace) -> tuple[DataLoader, DataLoader]:
     """Training loader (random crops, iters_per_epoch batches) and validation loader (whole images)."""
-    train_set = get_training_set(opt.traindata, crop_size=opt.crop_size, length=opt.iters_per_epoch * opt.batchSize,
+    train_set = get_training_set(opt.traindata, crop_size=opt.crop_size,
+                                 length=opt.iters_per_epoch * opt.batchSize * distributed.world_size(),
                                  seed=opt.seed, blur_size=opt.blur_size, noise=opt.noise)
     val_set = (get_testing_set(opt.testdata) if opt.testdata  # a folder given: all of it
                else get_validation_set(opt.traindata, blur_size=opt.blur_size, noise=opt.noise))
-    # workers are not persistent: each epoch's workers get a copy of the dataset with that epoch's seed
+    # workers are not persistent: each epoch's workers get a copy of the dataset with that epoch's seed;
+    # under torchrun each rank takes its share of the epoch's crops (global batch = --batchSize x processes)
     train_loader = DataLoader(train_set, batch_size=opt.batchSize, shuffle=False, drop_last=True,
-                              num_workers=opt.threads)
+                              num_workers=opt.threads, sampler=distributed.sampler(train_set))
     val_loader = DataLoader(val_set, batch_size=opt.testBatchSize, shuffle=False, num_workers=0)
     return train_loader, val_loader
 

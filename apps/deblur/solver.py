@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from apps.common.solver import AppTrainer
+from apputils import distributed
 from apputils.checkpoint import rebuild_model
 from compress.modules import nonzero_parameters
 
@@ -94,6 +95,7 @@ class Adversary:
             loss = -distance + self.gp_weight * penalty
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(self.critic)  # under torchrun: the same step on every rank
             self.optimizer.step()
         return {"critic": float(loss.detach()), "wasserstein": float(distance.detach()),
                 "gradient_penalty": float(penalty.detach())}
@@ -122,7 +124,7 @@ class Trainer(AppTrainer):
 
     # -- model ------------------------------------------------------------------------------------
     def _adam(self, model: nn.Module) -> torch.optim.Optimizer:
-        return adam(model, self.opt.lr, self.opt.gan != "off")
+        return adam(model, self.lr, self.opt.gan != "off")
 
     def _adversary(self, critic: nn.Module, optimizer: torch.optim.Optimizer) -> Adversary:
         return Adversary(critic, optimizer, self.opt.critic_iters, self.opt.gp_weight)
@@ -167,7 +169,7 @@ class Trainer(AppTrainer):
         for optimizer in optimizers:
             if optimizer is not None:
                 for group in optimizer.param_groups:
-                    group["lr"] = self.opt.lr * factor
+                    group["lr"] = self.lr * factor
 
     # -- one epoch --------------------------------------------------------------------------------
     def train(self, epoch: int, compression_scheduler: Any = None) -> float:
@@ -184,7 +186,7 @@ class Trainer(AppTrainer):
             blur, sharp = batch["blur"].to(self.device), batch["sharp"].to(self.device)
             if sched is not None:
                 sched.on_minibatch_begin(epoch, i, n, self.optimizer)
-            fake = model(blur)
+            fake = self.net(blur)
             terms = {"content": self.content_loss(fake, sharp)}
             logged: dict[str, float] = {}
             if self.adversary is not None:

@@ -56,7 +56,7 @@ class Trainer(AppTrainer):
 
     # -- model ------------------------------------------------------------------------------------
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam(model.parameters(), lr=self.opt.lr)
+        return torch.optim.Adam(model.parameters(), lr=self.lr)
 
     def _dummy(self, model: nn.Module) -> torch.Tensor:
         return dummy_input(self.opt.upscale_factor, getattr(model, "INPUT_KIND", "bicubic"), self.device)
@@ -123,7 +123,7 @@ class Trainer(AppTrainer):
         for i, batch in enumerate(bar):
             if sched is not None:
                 sched.on_minibatch_begin(epoch, i, n, self.optimizer)
-            output = model(model_input(model, batch, self.device))
+            output = self.net(model_input(model, batch, self.device))
             loss = self.criterion(output, batch["hr"].to(self.device))
             value, parts = self.optimizer_step(epoch, i, n, loss, sched)
             total += value

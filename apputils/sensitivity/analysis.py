@@ -18,6 +18,7 @@ from compress.modules import eval_mode, unwrap
 from compress.pruning.groups import GroupResolver, LocalGroups
 from compress.thinning import TracedGroups
 
+from .. import distributed
 from ..workbooks import write_sensitivity_workbook
 from .evaluation import Evaluation, device_of
 from .evaluators import CachedEvaluation, Evaluator, WholeModel, try_trace
@@ -66,7 +67,7 @@ def sensitivity_analysis(model: nn.Module, sensitivity_file: str | Path | None,
                                 CachedEvaluation(runner, test_func, model, params, memory_format, fast_kernels))
         rows = _analyse(Plan(params, names, levels, sense_type, resolver), evaluator, progress)
     df = pd.DataFrame(rows)
-    if sensitivity_file is not None:
+    if sensitivity_file is not None and distributed.is_main():
         metric_names = [c for c in df.columns if c not in ("parameter", "sparsity", "actual_sparsity")]
         write_sensitivity_workbook(df, sensitivity_file, metric_names, sense_type,
                                    notes=[(f"skipped {n}", r) for n, r in skipped])
@@ -74,12 +75,17 @@ def sensitivity_analysis(model: nn.Module, sensitivity_file: str | Path | None,
 
 
 def _analyse(plan: Plan, evaluator: Evaluator, progress: bool) -> list[dict[str, Any]]:
-    """One row per (weight, level); a level that leaves the weight unchanged reuses the baseline."""
+    """One row per (weight, level); a level that leaves the weight unchanged reuses the baseline.
+
+    Under torchrun (a process group of W processes) rank r analyses the weights r, r + W, ... of the plan
+    and every rank gets all rows, in the plan's order: the same table as one process, W times sooner.
+    """
     baseline = evaluator.baseline()
     rows: list[dict[str, Any]] = []
-    with tqdm(total=len(plan.names) * len(plan.levels), desc=f"sensitivity ({plan.sense_type})",
-              disable=not progress, unit="step") as bar:
-        for name in plan.names:
+    mine = plan.names[distributed.rank()::distributed.world_size()]
+    with tqdm(total=len(mine) * len(plan.levels), desc=f"sensitivity ({plan.sense_type})",
+              disable=not progress or not distributed.is_main(), unit="step") as bar:
+        for name in mine:
             bar.set_postfix_str(name)
             steps = plan.steps(name)
             measured = evaluator.evaluate([s for s in steps if s.changed])
@@ -87,7 +93,13 @@ def _analyse(plan: Plan, evaluator: Evaluator, progress: bool) -> list[dict[str,
                 metrics = next(measured) if step.changed else dict(baseline)
                 rows.append({"parameter": name, "sparsity": step.level, "actual_sparsity": step.actual, **metrics})
                 bar.update(1)
-    return rows
+    if not distributed.active():
+        return rows
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for share in distributed.all_gather_object(rows):
+        for row in share:
+            by_name.setdefault(row["parameter"], []).append(row)
+    return [row for name in plan.names for row in by_name.get(name, [])]
 
 
 

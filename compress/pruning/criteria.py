@@ -16,8 +16,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from ..distributed import active, all_reduce_sum_
 from ..masks import canonical
 from ..policy import Context
 from .groups import ChannelGroup, Kind, group_importance, group_mask, leader_group
@@ -329,10 +331,12 @@ class ActivationStats:
         self.sums[name] = row if current is None or current.shape != row.shape else current + row
 
     def take(self, name: str, statistic: str) -> torch.Tensor | None:
-        """APoZ (share of zeros) or mean per channel since the last take (None if nothing was seen)."""
+        """APoZ (share of zeros) or mean per channel since the last take (None if nothing was seen); under DDP
+        over every rank's forward passes, so the pruned filters are the same on every rank."""
         row = self.sums.pop(name, None)
         if row is None:
             return None
+        row = all_reduce_sum_(row.clone())
         return row[1] / row[0] if statistic == "apoz" else row[2] / row[0]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -340,8 +344,8 @@ class ActivationStats:
         return {n: s.clone() for n, s in self.sums.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore the running sums."""
-        self.sums = {n: s.clone() for n, s in state.items()}
+        """Restore the running sums (under DDP on rank 0 only: take() adds up the ranks' sums)."""
+        self.sums = {} if active() and dist.get_rank() != 0 else {n: s.clone() for n, s in state.items()}
 
 
 @dataclass(frozen=True)

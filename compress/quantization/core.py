@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import all_reduce_sum_, global_min_max
+
 #: Attribute set on a tensor that already lies on an activation grid (with the tensor's version then).
 TAG = "_compress_qparams"
 
@@ -184,8 +186,9 @@ class ActQuant(nn.Module):
         return asym_grid(lo, hi, self.bits)
 
     def _observe(self, x: torch.Tensor) -> None:
+        """Update the range (ema) or statistics (calib) with `x`; under DDP with the union of the ranks' `x`."""
         x = x.detach()
-        mn, mx = x.min().float(), x.max().float()
+        mn, mx = global_min_max(x.min().float(), x.max().float())
         if self.mode == "ema":
             d = self.ema_decay
             self.ema_min.mul_(d).add_((1 - d) * mn)
@@ -198,9 +201,8 @@ class ActQuant(nn.Module):
         else:
             xd = x.double()
             s = self.stats
-            s[0] += xd.numel()
-            s[1] += xd.sum()
-            s[2] += (xd * xd).sum()
+            s[:3] += all_reduce_sum_(torch.stack([torch.tensor(float(xd.numel()), dtype=torch.float64, device=xd.device),
+                                                  xd.sum(), (xd * xd).sum()]))
             s[3] += mn.double()
             s[4] += mx.double()
             s[5] = torch.minimum(s[5], mn.double())

@@ -105,6 +105,8 @@ class StructureRemover(Component):
             self.recipe.append(result.to_dict())
             log.info("%s '%s' at the %s of epoch %d: removed %d channel group(s) from %d layer(s)",
                      type(self).__name__, self.name, where, step.epoch, result.removed, len(result.layers))
+            if ctx.scheduler is not None:
+                ctx.scheduler.model_changed()
         else:
             log.info("%s '%s' at the %s of epoch %d: no fully zeroed channel group to remove",
                      type(self).__name__, self.name, where, step.epoch)

@@ -1,0 +1,140 @@
+"""apputils.distributed: torchrun's variables, joining (and failing to join) the group, rank-0-only work."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from apputils import distributed
+from apputils.execution_env import UserError
+from tests.distributed_runs import free_port, run_ranks
+
+
+def test_no_torchrun_variables_means_one_process():
+    assert distributed.torchrun_env({}) is None
+    assert distributed.init(torch.device("cpu")) is None or not dist.is_initialized()
+    assert distributed.world_size() == 1 and distributed.is_main()
+    model = nn.Linear(2, 2)
+    assert distributed.wrap(model, torch.device("cpu")) is model
+    assert distributed.sampler(list(range(4))) is None
+    assert distributed.on_main(lambda: 7) == 7
+
+
+def test_torchrun_variables_are_read_and_checked():
+    run = distributed.torchrun_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node7",
+                                    "MASTER_PORT": "29511"})
+    assert run == distributed.Torchrun(1, 4, 1, "node7", "29511") and run.endpoint == "node7:29511"
+    with pytest.raises(UserError, match="WORLD_SIZE='two' is not an integer"):
+        distributed.torchrun_env({"RANK": "0", "WORLD_SIZE": "two"})
+    with pytest.raises(UserError, match=r"RANK=4 is not in \[0, WORLD_SIZE=4\)"):
+        distributed.torchrun_env({"RANK": "4", "WORLD_SIZE": "4"})
+    assert distributed.backend_for(torch.device("cpu")) == "gloo"
+    assert distributed.backend_for(torch.device("cuda", 0)) == "nccl"
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
+    assert distributed.rank_device(torch.device("cuda"), env) == torch.device("cuda", 1)
+    assert distributed.rank_device(torch.device("cpu"), env) == torch.device("cpu")
+    assert distributed.rank_device(torch.device("cuda"), {}) == torch.device("cuda")
+
+
+def test_unreachable_rendezvous_is_one_user_error_naming_the_endpoint(monkeypatch):
+    port = free_port()  # nothing listens there: rank 1 waits for a store that never comes
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    with pytest.raises(UserError, match=rf"rank 1 of 2 could not join the process group at 127\.0\.0\.1:{port}"):
+        distributed.init(torch.device("cpu"), timeout_s=2)
+    assert not dist.is_initialized()
+
+
+def _rank_work(rank: int, folder: str) -> dict:
+    from pathlib import Path
+
+    written = distributed.on_main(lambda: Path(folder, "only_rank0.txt").write_text("x"))
+    seen = sorted(Path(folder).iterdir())  # on_main returned: rank 0's file is there for every rank
+    try:
+        distributed.on_main(lambda: (_ for _ in ()).throw(UserError("disk full")))
+        error = None
+    except UserError as err:
+        error = str(err)
+    shares = list(iter(distributed.sampler(list(range(8)))))
+    grads = nn.Linear(1, 1, bias=False)
+    grads.weight.grad = torch.full((1, 1), float(rank + 1))
+    distributed.average_gradients(grads)
+    return {"written": written, "seen": [p.name for p in seen], "error": error, "shares": shares,
+            "name": distributed.broadcast_object(f"run-of-rank-{rank}"), "grad": float(grads.weight.grad)}
+
+
+def test_rank_zero_writes_and_its_errors_reach_every_rank(tmp_path):
+    r0, r1 = run_ranks(_rank_work, str(tmp_path))
+    assert r0["written"] == 1 and r1["written"] is None  # write_text's count on rank 0 only
+    assert r0["seen"] == r1["seen"] == ["only_rank0.txt"]
+    assert r0["error"] == "disk full" and r1["error"] == "disk full (reported by rank 0)"
+    assert r0["shares"] == [0, 2, 4, 6] and r1["shares"] == [1, 3, 5, 7]  # step k: samples of one 2b batch
+    assert r0["name"] == r1["name"] == "run-of-rank-0"
+    assert r0["grad"] == r1["grad"] == 1.5
+
+
+def _sensitivity(rank: int | None, sense_type: str, folder: str) -> list[dict]:
+    from pathlib import Path
+
+    from apputils.sensitivity import Evaluation, sensitivity_analysis
+    from tests.apputils.test_sensitivity import Chain, data, mse_metrics
+
+    torch.manual_seed(0)
+    model = Chain()
+    workbook = Path(folder, f"rank{rank}.xlsx")
+    df = sensitivity_analysis(model, workbook, Evaluation(data((1, 12, 12)), mse_metrics), sense_type,
+                              sparsities=[0.0, 0.3, 0.6], progress=False)
+    return [{**row, "workbook": workbook.exists(), "forwards": model.calls["c1"]} for row in df.to_dict("records")]
+
+
+@pytest.mark.parametrize("sense_type", ["element", "filter"])
+def test_distributed_sensitivity_splits_the_weights_and_gathers_the_table_of_one_process(sense_type, tmp_path):
+    one = _sensitivity(None, sense_type, str(tmp_path))
+    r0, r1 = run_ranks(_sensitivity, sense_type, str(tmp_path))
+    def table(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k not in ("workbook", "forwards")} for row in rows]
+
+    assert table(r0) == table(one) and table(r1) == table(one)
+    assert max(r0[0]["forwards"], r1[0]["forwards"]) < one[0]["forwards"]  # each rank ran its share only
+    assert len({row["parameter"] for row in one}) >= 2  # at least one weight for each rank
+    assert r0[0]["workbook"] and not r1[0]["workbook"]  # rank 0 writes the workbook
+
+
+PACT_FROM_EPOCH_1 = {
+    "quantizers": {"q": {"class": "PACTQuantizer", "bits_activations": 4, "bits_weights": 4,
+                         "act_clip_init_val": 2.0}},
+    "policies": [{"quantizer": {"instance_name": "q"}, "starting_epoch": 1, "ending_epoch": 3, "frequency": 1}],
+}
+
+
+def _pact_wrapped(rank: int) -> dict:
+    import compress
+    from tests.compress.test_ddp import Net, batch
+
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = compress.dict_config(model, optimizer, PACT_FROM_EPOCH_1)
+    net = distributed.wrap(model, torch.device("cpu"))  # the clips are unused until epoch 1
+    for epoch in range(2):
+        sched.on_epoch_begin(epoch, optimizer)
+        for i in range(2):
+            x, y = batch(rank, epoch, i)
+            loss = nn.functional.mse_loss(net(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            sched.on_minibatch_end(epoch, i, 2, optimizer)
+        sched.on_epoch_end(epoch, optimizer)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_learned_clips_not_used_yet_do_not_stop_ddp_and_end_equal_on_every_rank():
+    r0, r1 = run_ranks(_pact_wrapped)
+    clips = [k for k in r0 if k.endswith("clip_hi")]
+    assert clips and any(float(r0[k]) != 2.0 for k in clips)  # trained once quantization was on
+    for key, value in r0.items():
+        torch.testing.assert_close(r1[key], value, rtol=0, atol=0, msg=key)
