@@ -54,6 +54,7 @@ def test_a_scheduler_without_optimizer_loads_and_keeps_the_lr_schedule_state():
     sched = compress.dict_config(model, opt, LR_AND_PRUNER)
     for epoch in range(2):
         sched.on_epoch_begin(epoch, opt)
+        opt.step()  # a training epoch's steps (no gradients here): the LR schedule steps after them
         sched.on_epoch_end(epoch, opt)
     state = sched.state_dict()
     assert state["policies"]["lr_scheduler:lr"]["last_epoch"] == 2
@@ -68,6 +69,7 @@ def test_a_scheduler_without_optimizer_loads_and_keeps_the_lr_schedule_state():
     resumed = compress.dict_config(resumed_model, resumed_opt, LR_AND_PRUNER)
     resumed.load_state_dict(inference.state_dict())  # and a full build takes it back
     resumed_opt.load_state_dict(opt.state_dict())
+    resumed_opt.step()
     resumed.on_epoch_end(2, resumed_opt)
     assert resumed_opt.param_groups[0]["lr"] == 0.05 * 0.5 ** 3
 
