@@ -107,6 +107,8 @@ class AppTrainer:
     """
 
     APP = ""
+    #: What the validation metrics compare with (they hold f"{BASELINE}_psnr"), e.g. 'bicubic'.
+    BASELINE = ""
 
     def __init__(self, config: argparse.Namespace, training_loader: DataLoader, validation_loader: DataLoader):
         self.opt = config
@@ -145,8 +147,21 @@ class AppTrainer:
         raise NotImplementedError
 
     def log_epoch(self, epoch: int, train_loss: float, metrics: dict[str, float], seconds: float) -> None:
-        """Log one epoch's results (log file and TensorBoard)."""
-        raise NotImplementedError
+        """Loss, PSNR / SSIM (and the app's baseline's, `BASELINE`), LR and sparsity to TensorBoard; one line
+        to the log."""
+        w = self.env.writer
+        lr = self.optimizer.param_groups[0]["lr"]
+        baseline = f"{self.BASELINE}_psnr"
+        w.add_scalar("train/epoch_loss", train_loss, epoch)
+        for key in ("psnr", "ssim", "loss", baseline):
+            w.add_scalar(f"val/{key}", metrics[key], epoch)
+        w.add_scalar("lr", lr, epoch)
+        overall = self.log_sparsity(epoch)
+        w.flush()
+        log.info("epoch %d/%d  loss %.5f  val PSNR %.3f dB (%s %.3f)  SSIM %.4f  lr %.2e  "
+                 "weight sparsity %.1f%%  params %d  %.1fs", epoch + 1, self.opt.nEpochs, train_loss,
+                 metrics["psnr"], self.BASELINE, metrics[baseline], metrics["ssim"], lr, 100 * overall,
+                 nonzero_parameters(self.model), seconds)
 
     def describe(self) -> str:
         """One line on the model and the run, logged once it is built."""

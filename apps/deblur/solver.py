@@ -115,6 +115,7 @@ class Trainer(AppTrainer):
     """Trains a DeblurGAN generator (and its critic): `Trainer(config, training_loader, validation_loader).run()`."""
 
     APP = APP
+    BASELINE = "blurred"
 
     def __init__(self, config: argparse.Namespace, training_loader: Any, validation_loader: Any):
         super().__init__(config, training_loader, validation_loader)
@@ -215,21 +216,6 @@ class Trainer(AppTrainer):
                 "optimizer": self.optimizer.state_dict(), "networks": networks}
 
     # -- logs -------------------------------------------------------------------------------------
-    def log_epoch(self, epoch: int, train_loss: float, metrics: dict[str, float], seconds: float) -> None:
-        """Loss, PSNR / SSIM (and the blurred input's), LR and sparsity to TensorBoard; one line to the log."""
-        w = self.env.writer
-        lr = self.optimizer.param_groups[0]["lr"]
-        w.add_scalar("train/epoch_loss", train_loss, epoch)
-        for key in ("psnr", "ssim", "loss", "blurred_psnr"):
-            w.add_scalar(f"val/{key}", metrics[key], epoch)
-        w.add_scalar("lr", lr, epoch)
-        overall = self.log_sparsity(epoch)
-        w.flush()
-        log.info("epoch %d/%d  loss %.5f  val PSNR %.3f dB (blurred %.3f)  SSIM %.4f  lr %.2e  "
-                 "weight sparsity %.1f%%  params %d  %.1fs", epoch + 1, self.opt.nEpochs, train_loss,
-                 metrics["psnr"], metrics["blurred_psnr"], metrics["ssim"], lr, 100 * overall,
-                 nonzero_parameters(self.model), seconds)
-
     def describe(self) -> str:
         """Generator, critic, losses, schedule and device."""
         kwargs = ", ".join(f"{k}={v}" for k, v in self.arch["kwargs"].items())

@@ -53,6 +53,7 @@ class Trainer(AppTrainer):
     """
 
     APP = APP
+    BASELINE = "bicubic"
 
     # -- model ------------------------------------------------------------------------------------
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -143,23 +144,6 @@ class Trainer(AppTrainer):
                 "optimizer": self.optimizer.state_dict()}
 
     # -- main -------------------------------------------------------------------------------------
-    def log_epoch(self, epoch: int, train_loss: float, metrics: dict[str, float], seconds: float) -> None:
-        """Loss, PSNR / SSIM (and bicubic's), LR and sparsity to TensorBoard; one line to the log."""
-        w = self.env.writer
-        lr = self.optimizer.param_groups[0]["lr"]
-        w.add_scalar("train/epoch_loss", train_loss, epoch)
-        w.add_scalar("val/psnr", metrics["psnr"], epoch)
-        w.add_scalar("val/ssim", metrics["ssim"], epoch)
-        w.add_scalar("val/loss", metrics["loss"], epoch)
-        w.add_scalar("val/bicubic_psnr", metrics["bicubic_psnr"], epoch)
-        w.add_scalar("lr", lr, epoch)
-        overall = self.log_sparsity(epoch)
-        w.flush()
-        log.info("epoch %d/%d  loss %.5f  val PSNR %.3f dB (bicubic %.3f)  SSIM %.4f  lr %.2e  "
-                 "weight sparsity %.1f%%  params %d  %.1fs", epoch + 1, self.opt.nEpochs, train_loss,
-                 metrics["psnr"], metrics["bicubic_psnr"], metrics["ssim"], lr, 100 * overall,
-                 nonzero_parameters(self.model), seconds)
-
     def describe(self) -> str:
         """The model, its size, the schedule and the device."""
         return (f"model {self.opt.model} x{self.opt.upscale_factor}: "
