@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import logging
 import os
+import signal
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -122,6 +123,46 @@ def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) ->
             dist.destroy_process_group()
 
 
+class RankFailure(UserError):
+    """Another rank of the job failed, or torchrun stopped this one: the job cannot go on."""
+
+
+def _lost_peer(err: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (a torch DistError, or gloo's / NCCL's error)."""
+    text = str(err)
+    return isinstance(err, dist.DistError) or any(s in text for s in ("gloo", "NCCL", "Connection reset",
+                                                                        "Connection closed"))
+
+
+@contextlib.contextmanager
+def stops_with_the_job(what_next: Callable[[], str]) -> Iterator[None]:
+    """Under a process group of several processes, a rank that loses another (its collective fails) or is
+    stopped by torchrun (SIGTERM: torchrun ends every rank when one fails) raises one RankFailure that says
+    so and `what_next()` (e.g. the checkpoint to resume from), instead of a traceback or a silent end."""
+    if not active():
+        yield
+        return
+    where = f"rank {rank()} of {world_size()}"
+
+    def stopped(signum: int, frame: Any) -> None:
+        raise RankFailure(f"{where} was stopped by torchrun, which ends every rank when one fails (its report "
+                          "names the failed rank and why)")
+
+    previous = signal.signal(signal.SIGTERM, stopped)
+    try:
+        yield
+    except RankFailure as err:
+        raise RankFailure(f"{err}; {what_next()}") from None
+    except RuntimeError as err:
+        if not _lost_peer(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RankFailure(f"{where} lost contact with another rank of the job, which has died or been stopped "
+                          f"({first[:200]}); {what_next()}") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def rank() -> int:
     """This process's rank (0 without a process group)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -203,6 +244,19 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     skippable = any(name.rsplit(".", 1)[-1].startswith("clip_") for name, _ in model.named_parameters())
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=skippable)
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> int:
+    """Make every BatchNorm of `model` a SyncBatchNorm (statistics of the global batch), in place: the
+    parameters and buffers stay the same tensors, so the optimizer, masks and quantizers keep them. Returns
+    how many were converted. torch runs SyncBatchNorm on GPUs only: on another device this is a UserError."""
+    if device.type != "cuda":
+        raise UserError(f"--sync_bn needs CUDA devices (torch.nn.SyncBatchNorm runs on GPUs only), and this run "
+                        f"is on {device.type}: leave --sync_bn out (each process then normalises with its own "
+                        "batch's statistics, and DDP keeps the running statistics equal on every rank)")
+    norms = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the children in place
+    return len(norms)
 
 
 def sampler(dataset: Dataset, shuffle: bool = False, seed: int = 0) -> DistributedSampler | None:

@@ -8,7 +8,9 @@ trains its own batch of --batch random crops (weak scaling: the global batch is 
 under torchrun). After --warmup steps, --steps steps are timed on rank 0 between two barriers; the
 throughput is processes x batch x steps / seconds (images/s). The AGP schedule prunes every conv weight and
 re-applies the masks after every step, as in the apps. --sensitivity also times the element-wise
-sensitivity analysis of the case's model (the weights split across the ranks; apputils.sensitivity).
+sensitivity analysis of the case's model (its 10 default levels on 4 images; the (weight, level) pairs shared
+out across the ranks; apputils.sensitivity).
+Each process count runs --repeats times, interleaved (1, 2, 1, 2, ...); the figures are medians.
 Run it on an otherwise idle machine: other processes on the same cores change every figure.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -87,11 +90,11 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, results: 
         sense_s = None
         if args.sensitivity:
             batches = [(torch.rand(1, *in_shape, generator=g).to(device), torch.rand(1, *out_shape, generator=g)
-                        .to(device)) for _ in range(2)]
+                        .to(device)) for _ in range(4)]
             evaluation = Evaluation(batches, lambda out, target: {"l1": float((out - target).abs().mean())})
             dist.barrier()
             t1 = time.perf_counter()
-            sensitivity_analysis(model, None, evaluation, "element", sparsities=[0.0, 0.4, 0.8], progress=False)
+            sensitivity_analysis(model, None, evaluation, "element", progress=False)
             dist.barrier()
             sense_s = time.perf_counter() - t1
         if rank == 0:
@@ -126,20 +129,28 @@ def main() -> None:
     p.add_argument("--crop", type=int, default=48, help="HR / sharp crop side in pixels")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--sensitivity", action="store_true", help="also time the sensitivity analysis")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each process count, interleaved; medians")
     args = p.parse_args()
     cases = CASES if args.case == "all" else (args.case,)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, device {args.device}, one thread per process, "
-          f"per-process batch {args.batch}, crop {args.crop}, {args.steps} timed steps after {args.warmup}")
+          f"per-process batch {args.batch}, crop {args.crop}, {args.steps} timed steps after {args.warmup}, "
+          f"medians of {args.repeats} interleaved runs")
     print(f"{'case':<8}{'procs':>6}{'images/s':>11}{'speed-up':>10}{'sensitivity s':>15}{'speed-up':>10}")
     for case in cases:
+        case_args = argparse.Namespace(**{**vars(args), "case": case})
+        runs: dict[int, list[tuple[float, float | None]]] = {w: [] for w in args.procs}
+        for _ in range(args.repeats):  # interleaved: 1, 2, 1, 2, ... processes, so drift hits every count alike
+            for world in args.procs:
+                runs[world].append(measure(world, case_args))
         base: tuple[float, float | None] | None = None
         for world in args.procs:
-            train_s, sense_s = measure(world, argparse.Namespace(**{**vars(args), "case": case}))
+            train_s = statistics.median(t for t, _ in runs[world])
+            senses = [s for _, s in runs[world] if s is not None]
+            sense_s = statistics.median(senses) if senses else None
             ips = world * args.batch * args.steps / train_s
             base = base or (ips, sense_s)
             sense = f"{sense_s:>15.2f}{base[1] / sense_s:>9.2f}x" if sense_s is not None else ""
             print(f"{case:<8}{world:>6}{ips:>11.2f}{ips / base[0]:>9.2f}x{sense}", flush=True)
-
 
 if __name__ == "__main__":
     main()

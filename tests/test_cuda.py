@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -722,3 +723,36 @@ def test_sr_app_killed_on_the_gpu_resumes_bit_exactly(tmp_path):
     assert full["optimizer"]["state"][0]["step"] == resumed["optimizer"]["state"][0]["step"]
     for index, state in full["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg"], resumed["optimizer"]["state"][index]["exp_avg"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# 8. torchrun + DDP with CUDA's backend (nccl, one process per GPU): train, checkpoint, resume in one process
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_torchrun_trains_with_nccl_and_resumes_in_one_process(tmp_path, nproc):
+    if DEVICE.type == "cuda" and torch.cuda.device_count() < nproc:
+        pytest.skip(f"{nproc} processes need {nproc} GPUs (nccl allows one process per GPU); "
+                    f"this machine has {torch.cuda.device_count()}")
+    small_validation_set(tmp_path)
+    (tmp_path / "agp.yaml").write_text(AGP)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(ROOT / "train.py"), "--optform=SR", "--compress=agp.yaml", "--device", DEVICE.type,
+           "--nEpochs", "2", "--save", "ddp", *TINY]
+    r = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    backend = "nccl" if DEVICE.type == "cuda" else "gloo"
+    log = (tmp_path / "logs/ddp/ddp.log").read_text()
+    assert f"backend {backend}" in r.stdout + r.stderr + log
+    if nproc > 1:
+        assert f"{nproc} processes (DDP, backend {backend})" in log
+    ck = load(tmp_path / "checkpoints/ddp/latest.pth")
+    assert ck["epoch"] == 1 and ck["world_size"] == nproc and ck["options"]["device"] == DEVICE.type
+    for name, mask in ck["scheduler"]["masks"]["masks"].items():
+        assert 0 < int((mask == 0).sum()) < mask.numel(), name
+        assert bool((ck["model"][name][mask == 0] == 0).all()), name
+
+    r = run_app(tmp_path, "train.py", "--optform=SR", "--resume", "checkpoints/ddp/latest.pth", "--nEpochs", "3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = load(tmp_path / "checkpoints/ddp/latest.pth")
+    assert ck["epoch"] == 2 and ck["world_size"] == 1 and ck["options"]["device"] == DEVICE.type

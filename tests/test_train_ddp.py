@@ -86,7 +86,11 @@ def test_a_killed_rank_stops_the_job_and_the_run_resumes_from_its_last_checkpoin
     finally:
         proc.kill()
     assert proc.returncode != 0
-    assert "rank      : 1" in err and "Signal 9 (SIGKILL)" in err
+    assert "rank      : 1" in err and "Signal 9 (SIGKILL)" in err  # torchrun's report: which rank, why
+    ours = [line for line in err.splitlines() if line.startswith("error: rank 0 of 2 ")]
+    assert len(ours) == 1 and ("lost contact with another rank" in ours[0] or "stopped by torchrun" in ours[0])
+    assert ours[0].endswith("continue with `torchrun ... train.py --resume checkpoints/k/latest.pth`")
+    assert "apps/common" not in err and "solver.py" not in err  # no traceback of ours (torchrun prints its own)
     epoch = int(load(latest)["epoch"])
     r = run_app(tmp_path, "train.py", "--optform=SR", "--resume", "checkpoints/k/latest.pth", "--nEpochs",
                 str(epoch + 2))
@@ -111,3 +115,13 @@ def test_reports_under_torchrun_give_the_sensitivity_table_of_one_process(tmp_pa
     sense = "reports/sense_file.csv"
     assert (tmp_path / "results/two" / sense).read_text() == (tmp_path / "results/one" / sense).read_text()
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["one", "two"]
+
+
+def test_sync_bn_on_cpu_processes_is_one_message_before_training(tmp_path):
+    small_validation_set(tmp_path)
+    r = torchrun(tmp_path, "--optform=Deblur", "--norm", "batch", "--sync_bn", "--nEpochs", "1", "--save", "s",
+                 "--iters_per_epoch", "2", "--batchSize", "2")
+    assert r.returncode != 0
+    ours = [line for line in r.stderr.splitlines() if line.startswith("error: --sync_bn needs CUDA devices")]
+    assert len(ours) == 2, r.stderr[-3000:]  # each rank says it and stops; nothing was trained or saved
+    assert not (tmp_path / "checkpoints/s/latest.pth").exists()

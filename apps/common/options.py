@@ -76,6 +76,9 @@ def add_loop_options(g: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                    help="under torchrun, train with --lr x the number of processes (the linear scaling rule: "
                         "the global batch is --batchSize x processes); a run resumed with another number of "
                         "processes rescales its optimizer's learning rate the same way")
+    g.add_argument("--sync_bn", action="store_true",
+                   help="under torchrun on CUDA, BatchNorm layers normalise with the statistics of the global "
+                        "batch (torch.nn.SyncBatchNorm) instead of each process's own share")
 
 
 def add_run_options(p: argparse.ArgumentParser, default_name: str) -> None:

@@ -339,25 +339,37 @@ class AppTrainer:
                 if self.start_epoch >= self.opt.nEpochs:
                     log.info("the run already finished %d epochs (--nEpochs %d): nothing to train",
                              self.start_epoch, self.opt.nEpochs)
-                for epoch in range(self.start_epoch, self.opt.nEpochs):
-                    t0 = time.perf_counter()
-                    if sched is not None:
-                        sched.on_epoch_begin(epoch, self.optimizer)
-                    train_loss = self.train(epoch, sched)
-                    metrics = distributed.broadcast_object(distributed.on_main(self.validate))
-                    if sched is not None:
-                        sched.on_epoch_end(epoch, self.optimizer, metrics=metrics)
-                    self.epoch = epoch
-                    self.history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
-                    self.log_epoch(epoch, train_loss, metrics, time.perf_counter() - t0)
-                    self.save(metrics)
+                with distributed.stops_with_the_job(self._resume_hint):
+                    for epoch in range(self.start_epoch, self.opt.nEpochs):
+                        t0 = time.perf_counter()
+                        if sched is not None:
+                            sched.on_epoch_begin(epoch, self.optimizer)
+                        train_loss = self.train(epoch, sched)
+                        metrics = distributed.broadcast_object(distributed.on_main(self.validate))
+                        if sched is not None:
+                            sched.on_epoch_end(epoch, self.optimizer, metrics=metrics)
+                        self.epoch = epoch
+                        self.history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
+                        self.log_epoch(epoch, train_loss, metrics, time.perf_counter() - t0)
+                        self.save(metrics)
                 return self.summary()
         finally:
             self.env.close()
 
+    def _resume_hint(self) -> str:
+        """What to do after the job stopped early: the checkpoint to resume from, if rank 0 wrote one."""
+        latest = self.run_dir / "latest.pth"
+        if not latest.is_file():
+            return "no checkpoint was written yet: start the run again"
+        return f"the last checkpoint is {latest}: continue with `torchrun ... train.py --resume {latest}`"
+
     def wrap_model(self, sched: Any) -> nn.Module:
         """self.model in DDP under torchrun (after the scheduler re-classed its layers), else self.model; the
         wrapper is rebuilt whenever the scheduler changes the model's structure (thinning)."""
+        if getattr(self.opt, "sync_bn", False):
+            converted = distributed.sync_batchnorm(self.model, self.device) if distributed.world_size() > 1 else 0
+            log.info("--sync_bn: %d BatchNorm layer(s) use the global batch's statistics%s", converted,
+                     "" if distributed.world_size() > 1 else " (one process: nothing to synchronise)")
         if distributed.world_size() == 1:
             return self.model
         log.info("%d processes (DDP, backend %s): per-process batch %d, global batch %d; rank 0 validates and "

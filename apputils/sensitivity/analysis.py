@@ -77,17 +77,20 @@ def sensitivity_analysis(model: nn.Module, sensitivity_file: str | Path | None,
 def _analyse(plan: Plan, evaluator: Evaluator, progress: bool) -> list[dict[str, Any]]:
     """One row per (weight, level); a level that leaves the weight unchanged reuses the baseline.
 
-    Under torchrun (a process group of W processes) rank r analyses the weights r, r + W, ... of the plan
-    and every rank gets all rows, in the plan's order: the same table as one process, W times sooner.
+    Under torchrun (a process group of W processes) the (weight, level) pairs are shared out across the
+    ranks (`shares`) and every rank gets all rows, in the plan's order: the same table as one process.
     """
     baseline = evaluator.baseline()
     rows: list[dict[str, Any]] = []
-    mine = plan.names[distributed.rank()::distributed.world_size()]
-    with tqdm(total=len(mine) * len(plan.levels), desc=f"sensitivity ({plan.sense_type})",
+    mine = shares(plan.names, plan.levels, distributed.world_size())[distributed.rank()]
+    with tqdm(total=len(mine), desc=f"sensitivity ({plan.sense_type})",
               disable=not progress or not distributed.is_main(), unit="step") as bar:
-        for name in mine:
+        for name in plan.names:
+            levels = {level for n, level in mine if n == name}
+            if not levels:
+                continue
             bar.set_postfix_str(name)
-            steps = plan.steps(name)
+            steps = [s for s in plan.steps(name) if s.level in levels]
             measured = evaluator.evaluate([s for s in steps if s.changed])
             for step in steps:
                 metrics = next(measured) if step.changed else dict(baseline)
@@ -95,13 +98,26 @@ def _analyse(plan: Plan, evaluator: Evaluator, progress: bool) -> list[dict[str,
                 bar.update(1)
     if not distributed.active():
         return rows
-    by_name: dict[str, list[dict[str, Any]]] = {}
-    for share in distributed.all_gather_object(rows):
-        for row in share:
-            by_name.setdefault(row["parameter"], []).append(row)
-    return [row for name in plan.names for row in by_name.get(name, [])]
+    by_pair = {(row["parameter"], row["sparsity"]): row for share in distributed.all_gather_object(rows)
+               for row in share}
+    return [by_pair[(name, level)] for name in plan.names for level in plan.levels]
 
 
+def shares(names: Sequence[str], levels: Sequence[float], world: int) -> list[set[tuple[str, float]]]:
+    """The (weight, level) pairs each of `world` ranks analyses, balanced by cost.
+
+    A pair's cost is taken as the number of weights from it to the end of `names` (the model's order: the
+    cached evaluator reruns the layers after the pruned one); the costliest pair goes first, each onto the
+    least loaded rank (ties: lowest rank), so every rank computes the same split.
+    """
+    pairs = [(len(names) - i, name, level) for i, name in enumerate(names) for level in levels]
+    out: list[set[tuple[str, float]]] = [set() for _ in range(world)]
+    loads = [0] * world
+    for cost, name, level in sorted(pairs, key=lambda p: -p[0]):  # stable: plan order among equal costs
+        r = loads.index(min(loads))
+        out[r].add((name, level))
+        loads[r] += cost
+    return out
 
 
 def _validate(model: nn.Module, sense_type: str, sparsities: Sequence[float] | None,

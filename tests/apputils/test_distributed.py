@@ -84,14 +84,29 @@ def _sensitivity(rank: int | None, sense_type: str, folder: str) -> list[dict]:
 
     torch.manual_seed(0)
     model = Chain()
+    last = []  # the last conv runs once per batch for every evaluated (weight, level) pair, whatever it prunes
+    model.c3.register_forward_hook(lambda *a: last.append(1))
     workbook = Path(folder, f"rank{rank}.xlsx")
     df = sensitivity_analysis(model, workbook, Evaluation(data((1, 12, 12)), mse_metrics), sense_type,
                               sparsities=[0.0, 0.3, 0.6], progress=False)
-    return [{**row, "workbook": workbook.exists(), "forwards": model.calls["c1"]} for row in df.to_dict("records")]
+    return [{**row, "workbook": workbook.exists(), "forwards": len(last)} for row in df.to_dict("records")]
+
+
+def test_sensitivity_shares_give_every_pair_to_one_rank_balanced_by_cost():
+    from apputils.sensitivity.analysis import shares
+
+    names, levels = [f"w{i}" for i in range(7)], [0.0, 0.5, 0.9]
+    out = shares(names, levels, 3)
+    assert out == shares(names, levels, 3)  # the same split on every rank
+    assert sorted(p for share in out for p in share) == sorted((n, lv) for n in names for lv in levels)
+    assert sum(len(share) for share in out) == len(names) * len(levels)
+    loads = [sum(len(names) - names.index(n) for n, _ in share) for share in out]
+    assert max(loads) - min(loads) <= len(names)  # within one pair's largest cost
+    assert shares(names, levels, 1) == [{(n, lv) for n in names for lv in levels}]
 
 
 @pytest.mark.parametrize("sense_type", ["element", "filter"])
-def test_distributed_sensitivity_splits_the_weights_and_gathers_the_table_of_one_process(sense_type, tmp_path):
+def test_distributed_sensitivity_shares_the_pairs_and_gathers_the_table_of_one_process(sense_type, tmp_path):
     one = _sensitivity(None, sense_type, str(tmp_path))
     r0, r1 = run_ranks(_sensitivity, sense_type, str(tmp_path))
     def table(rows: list[dict]) -> list[dict]:
@@ -99,7 +114,6 @@ def test_distributed_sensitivity_splits_the_weights_and_gathers_the_table_of_one
 
     assert table(r0) == table(one) and table(r1) == table(one)
     assert max(r0[0]["forwards"], r1[0]["forwards"]) < one[0]["forwards"]  # each rank ran its share only
-    assert len({row["parameter"] for row in one}) >= 2  # at least one weight for each rank
     assert r0[0]["workbook"] and not r1[0]["workbook"]  # rank 0 writes the workbook
 
 
@@ -138,3 +152,46 @@ def test_learned_clips_not_used_yet_do_not_stop_ddp_and_end_equal_on_every_rank(
     assert clips and any(float(r0[k]) != 2.0 for k in clips)  # trained once quantization was on
     for key, value in r0.items():
         torch.testing.assert_close(r1[key], value, rtol=0, atol=0, msg=key)
+
+
+def _lose_the_other_rank(rank: int) -> list[str]:
+    import os
+    import signal
+    import time
+
+    if rank == 1:
+        return []  # leaves at once: its process ends while rank 0 still reduces
+    messages = []
+    with pytest.raises(distributed.RankFailure) as stopped:  # torchrun's SIGTERM, when another rank failed
+        with distributed.stops_with_the_job(lambda: "resume from X"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+    messages.append(str(stopped.value))
+    with pytest.raises(distributed.RankFailure) as lost:
+        with distributed.stops_with_the_job(lambda: "resume from X"):
+            for _ in range(100_000):
+                dist.all_reduce(torch.ones(8))
+    messages.append(str(lost.value))
+    return messages
+
+
+def test_a_lost_rank_or_torchruns_stop_is_one_message_with_what_to_do_next():
+    stopped, lost = run_ranks(_lose_the_other_rank)[0]
+    assert stopped == ("rank 0 of 2 was stopped by torchrun, which ends every rank when one fails (its report "
+                       "names the failed rank and why); resume from X")
+    assert lost.startswith("rank 0 of 2 lost contact with another rank of the job, which has died or been "
+                           "stopped (") and lost.endswith("); resume from X")
+    with distributed.stops_with_the_job(lambda: "unused"):  # one process: nothing changes
+        pass
+
+
+def test_sync_batchnorm_converts_in_place_keeping_the_tensors_and_is_refused_off_cuda():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Sequential(nn.BatchNorm2d(4)))
+    before = {name: t for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    with pytest.raises(UserError, match=r"^--sync_bn needs CUDA devices .* this run is on cpu: leave --sync_bn out"):
+        distributed.sync_batchnorm(model, torch.device("cpu"))
+    assert isinstance(model[1], nn.BatchNorm2d)  # refused: unchanged
+    assert distributed.sync_batchnorm(model, torch.device("cuda", 0)) == 2  # converting needs no GPU
+    assert type(model[1]) is nn.SyncBatchNorm and type(model[3][0]) is nn.SyncBatchNorm
+    after = {name: t for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
