@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .distributed import average_gradient
 from .errors import ArgumentError, ScheduleError, did_you_mean
 from .masks import canonical
 from .modules import eval_mode, unwrap
@@ -183,13 +184,17 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 def _connector(student: torch.Tensor, teacher: torch.Tensor, device: torch.device) -> nn.Module:
     """A FitNets regressor from the student's channels to the teacher's: 1x1 conv (maps) or linear (vectors).
 
-    Initialised from a fixed seed in a forked RNG, so building a schedule never moves the global RNG.
+    Initialised from a fixed seed in a forked RNG, so building a schedule never moves the global RNG. It is
+    not inside the model's DDP wrapper, so under DDP its gradients are averaged over the ranks by a hook.
     """
     cin, cout = student.shape[1], teacher.shape[1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         layer = nn.Conv2d(cin, cout, 1) if student.dim() == 4 else nn.Linear(cin, cout)
-    return layer.to(device)
+    layer = layer.to(device)
+    for p in layer.parameters():
+        p.register_post_accumulate_grad_hook(average_gradient)
+    return layer
 
 
 @DISTILLERS.register()

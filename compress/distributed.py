@@ -36,4 +36,12 @@ def global_min_max(mn: torch.Tensor, mx: torch.Tensor) -> tuple[torch.Tensor, to
     return both[0], -both[1]
 
 
-__all__ = ["active", "all_reduce_sum_", "global_min_max"]
+def average_gradient(p: torch.Tensor) -> None:
+    """A post-accumulate-grad hook for a trained parameter outside DDP's wrapper (a distillation connector):
+    its gradient becomes the mean over the ranks, as DDP makes the model's."""
+    if active() and p.grad is not None:
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad.div_(dist.get_world_size())
+
+
+__all__ = ["active", "all_reduce_sum_", "average_gradient", "global_min_max"]

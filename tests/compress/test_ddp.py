@@ -217,3 +217,56 @@ def test_thinning_mid_run_under_ddp_rebuilds_the_wrapper_and_training_goes_on():
     assert r0["digests"] == r1["digests"]
     assert len(set(r0["digests"][2:])) == 4  # every step after thinning changed the weights
     torch.testing.assert_close(r0["conv2"], r1["conv2"], rtol=0, atol=0)
+
+
+KD = {
+    "pruners": {"agp": SCHEDULE["pruners"]["agp"]},
+    "distillers": {"kd": {"class": "KnowledgeDistillation", "teacher": "self", "output_loss": "l2",
+                          "features": [{"student": "conv3", "teacher": "conv2", "loss": "l2", "weight": 0.5}]}},
+    "policies": [SCHEDULE["policies"][0],
+                 {"distiller": {"instance_name": "kd"}, "starting_epoch": 0, "ending_epoch": EPOCHS}],
+}
+
+
+def _distilled(rank: int, average: bool, build_on_ddp: bool) -> dict:
+    if not average:  # what a connector outside the DDP wrapper did before its gradients were averaged
+        compress.distributed.active = lambda: False
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    ddp = DistributedDataParallel(model)
+    sched = compress.dict_config(ddp if build_on_ddp else model, optimizer, KD, dummy_input=torch.zeros(1, 1, 8, 8))
+    kd = next(p.component for p in sched.policies if p.component.name == "kd")
+    digests = []
+    for epoch in range(EPOCHS):
+        sched.on_epoch_begin(epoch, optimizer)
+        for i in range(STEPS):
+            x, y = batch(rank, epoch, i)
+            sched.on_minibatch_begin(epoch, i, STEPS, optimizer)
+            loss = sched.before_backward_pass(epoch, i, STEPS, nn.functional.mse_loss(ddp(x), y), optimizer)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            sched.on_minibatch_end(epoch, i, STEPS, optimizer)
+            h = hashlib.sha256(digest(model, sched).encode())
+            for t in [*kd.connectors[0].parameters(), *kd.teacher.parameters()]:
+                h.update(t.detach().numpy().tobytes())
+            digests.append(h.hexdigest())
+        sched.on_epoch_end(epoch, optimizer)
+    teacher = kd.teacher
+    return {"digests": digests, "teacher_wrapped": isinstance(teacher, DistributedDataParallel),
+            "teacher_grads": sum(p.grad is not None or p.requires_grad for p in teacher.parameters()),
+            "connector_in_optimizer": any(p is kd.connectors[0].weight for g in optimizer.param_groups
+                                          for p in g["params"])}
+
+
+@pytest.mark.parametrize("build_on_ddp", [False, True], ids=["scheduler-on-model", "scheduler-on-ddp-module"])
+def test_distillation_under_ddp_keeps_model_connector_and_teacher_equal_on_every_rank(build_on_ddp):
+    r0, r1 = run_ranks(_distilled, True, build_on_ddp)
+    assert r0["digests"] == r1["digests"]
+    assert not r0["teacher_wrapped"] and r0["teacher_grads"] == 0 and r0["connector_in_optimizer"]
+
+
+def test_without_averaging_the_connectors_gradients_the_ranks_drift_apart():
+    r0, r1 = run_ranks(_distilled, False, False)
+    assert r0["digests"][0] != r1["digests"][0]
