@@ -15,6 +15,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from apputils import distributed
 from apputils.conv_taps import TapsConv, runs_by_taps
 
 from .partial_run import PartialRunner
@@ -50,7 +51,10 @@ def choose_memory_format(runner: PartialRunner, model: nn.Module, x: Any, memory
 
 def choose_kernels(runner: PartialRunner, x: Any, repeats: int = 3) -> None:
     """Run narrow-output convolutions by taps (apputils.conv_taps) where that gives the same output
-    on `x` and is measured at least 10% faster (best of `repeats`, interleaved) on this machine."""
+    on `x` and is measured at least 10% faster (best of `repeats`, interleaved) on this machine.
+
+    Under a process group every rank takes rank 0's choice, so the ranks' shares of an analysis are
+    computed alike (timings differ from rank to rank)."""
     runner.kernels = {}
     if not torch.is_tensor(x) or x.device.type != "cpu":  # the timing below is for CPU kernels
         return
@@ -73,6 +77,9 @@ def choose_kernels(runner: PartialRunner, x: Any, repeats: int = 3) -> None:
                 runner.kernels[node] = kernel
                 log.info("sensitivity: %s runs by taps (%.1f ms vs %.1f ms for conv2d on the first batch)",
                          node.target, 1e3 * taps, 1e3 * plain)
+    chosen = set(distributed.broadcast_object(sorted(node.name for node in runner.kernels)))
+    runner.kernels = {node: runner.kernels.get(node) or TapsConv(runner.module(node))
+                      for node in candidates if node.name in chosen}
 
 
 def best_times(functions: Sequence[Callable[[Any], Any]], value: Any, repeats: int) -> list[float]:

@@ -195,3 +195,18 @@ def test_sync_batchnorm_converts_in_place_keeping_the_tensors_and_is_refused_off
     assert type(model[1]) is nn.SyncBatchNorm and type(model[3][0]) is nn.SyncBatchNorm
     after = {name: t for name, t in [*model.named_parameters(), *model.named_buffers()]}
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+
+
+def _kernels_chosen(rank: int) -> list[str]:
+    from apputils.sensitivity import evaluators, tuning
+    from tests.apputils.test_sensitivity import Chain
+
+    # each rank measures something else: rank 1 finds the taps faster, rank 0 slower
+    tuning.best_times = lambda functions, value, repeats: [1.0, 2.0] if rank == 1 else [2.0, 1.0]
+    runner = evaluators.try_trace(Chain())
+    tuning.choose_kernels(runner, torch.rand(1, 1, 12, 12))
+    return sorted(node.name for node in runner.kernels)
+
+
+def test_every_rank_runs_the_sensitivity_kernels_rank_0_chose():
+    assert run_ranks(_kernels_chosen) == [[], []]  # rank 1's own timing would have chosen the taps
