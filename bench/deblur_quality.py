@@ -10,8 +10,8 @@ and LR curve:
 - AGP 50%: schedules/deblur/agp_prune.yaml (the 18 trunk convs, 0 -> 50% in the first 6 of 8 epochs);
 - filters 50% + thinning: schedules/deblur/filter_prune.yaml (half of each residual block's inner filters,
   structured AGP in epochs 0-3, removed at epoch 4), then fine-tuned thin;
-- filters 50% + thinning + KD: the same, taught by the dense generator (`teacher: self`, L1 output loss
-  weighted like the content loss) in every epoch;
+- filters 50% + thinning + KD: schedules/deblur/kd_filter_prune.yaml, the same taught by the dense generator
+  (`teacher: self`, L1 output loss weighted like the content loss, --content_weight) in every epoch;
 - QAT w8a8: schedules/deblur/quantization_linear_w8a8.yaml, scored in PyTorch and as an INT8 ONNX model in
   ONNX Runtime (the export's check on a test image is printed too; the default portable weight grid keeps
   the scores equal on CPUs with and without VNNI);
@@ -69,21 +69,12 @@ VARIANTS = ("dense", "AGP 50%", "filters 50% + thinning", KD, "QAT w8a8", "post-
 INT8 = ("QAT w8a8", "post-train w8a8")
 SCHEDULE_FILES = {"AGP 50%": "agp_prune.yaml", "filters 50% + thinning": "filter_prune.yaml",
                   "QAT w8a8": "quantization_linear_w8a8.yaml",
-                  "post-train w8a8": "post_train_w8a8.yaml", KD: "filter_prune.yaml"}
+                  "post-train w8a8": "post_train_w8a8.yaml", KD: "kd_filter_prune.yaml"}
 
 
 def shipped(variant: str) -> dict[str, Any]:
     """The shipped schedule of a variant, as a plain dict."""
     return read_schedule(SCHEDULES / SCHEDULE_FILES[variant]).data
-
-
-def taught(schedule: dict[str, Any], weight: float) -> dict[str, Any]:
-    """`schedule` plus distillation from `teacher: self` (the dense generator as fine-tuning starts, frozen) in
-    every epoch: an L1 output loss weighted like the content loss, so both terms have the same scale."""
-    schedule["distillers"] = {"kd": {"class": "KnowledgeDistillation", "teacher": "self", "output_loss": "l1",
-                                     "student_weight": 1.0, "distill_weight": weight}}
-    schedule["policies"].append({"distiller": {"instance_name": "kd"}, "starting_epoch": 0, "ending_epoch": EPOCHS})
-    return schedule
 
 
 def train(gen: nn.Module, schedule: dict | None, iters: int, args: argparse.Namespace, data_seed: int,
@@ -187,8 +178,8 @@ def run_seed(args: argparse.Namespace, seed: int, folder: str) -> dict[str, Any]
             model = train(start, None, args.finetune_iters, args, seed + 1, adversary)[0]
         else:
             schedule = shipped(variant) if variant in SCHEDULE_FILES else None
-            if variant == KD:
-                schedule = taught(schedule, args.content_weight)
+            if variant == KD:  # the distillation term weighted like the content loss
+                schedule["distillers"]["kd"]["distill_weight"] = args.content_weight
             model = train(start, schedule, args.finetune_iters, args, seed + 1)[0]
             if variant == "dense":
                 out["_finetuned"] = model

@@ -1,12 +1,14 @@
 """Running train.py / test.py as a user does, in a subprocess, on a tiny budget (shared by the e2e tests)."""
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -39,6 +41,14 @@ def command(script: str, *args: str) -> list[str]:
 
 def run_app(cwd: Path, script: str, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     return subprocess.run(command(script, *args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def entry_main(script: str) -> Callable[[Sequence[str]], int]:
+    """The main() of train.py / test.py, to run in this process (no interpreter start-up)."""
+    spec = importlib.util.spec_from_file_location(f"entry_{script}", ROOT / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)  # not `import test`: that name is the stdlib's test package
+    spec.loader.exec_module(module)
+    return module.main
 
 
 def small_validation_set(folder: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.app_runs import AGP, ROOT, TINY, kill_mid_epoch, load, run_app, small_validation_set
+from tests.app_runs import AGP, TINY, entry_main, kill_mid_epoch, load, run_app, small_validation_set
 
 
 def test_train_then_test_end_to_end(tmp_path):
@@ -69,14 +69,8 @@ def in_process(tmp_path, monkeypatch):
     ("train", ["--optform=SR", "--device", "cuda"], "--device cuda was given but no CUDA device is available"),
 ])
 def test_more_user_errors_in_process(in_process, capsys, monkeypatch, script, args, expect):
-    import importlib.util
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CUDA case is refused on a GPU machine too
-    spec = importlib.util.spec_from_file_location(f"entry_{script}", ROOT / f"{script}.py")
-    module = importlib.util.module_from_spec(spec)  # not `import test`: that name is the stdlib's test package
-    spec.loader.exec_module(module)
-    main = module.main
-    assert main(args) == 2
+    assert entry_main(script)(args) == 2
     err = capsys.readouterr().err
     assert expect in err and "Traceback" not in err
 

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from apps.common.distillation import add_kd_options, check_kd_options
 from apps.common.options import (
     HelpFormatter,
     add_common,
@@ -31,6 +32,7 @@ DEMO_NOTE = ("With no data option the app trains and tests on real photographs s
              "wheel, blurred by synthetic camera-shake kernels (see apps/deblur/data.py).")
 OPTFORM_HELP = "application; must be the first argument (Deblur for deblurring)"
 GAN_MODES = ("wgan-gp", "off")
+KD_EXAMPLE = "schedules/deblur/kd_teacher.yaml"
 
 
 def _non_negative(text: str) -> float:
@@ -98,6 +100,7 @@ class TrainOptions:
         g.add_argument("--compress", default=None, metavar="YAML",
                        help="compression schedule for the generator, e.g. schedules/deblur/agp_prune.yaml "
                             "(default: dense training)")
+        add_kd_options(g, KD_EXAMPLE)
         g = p.add_argument_group("losses and critic")
         g.add_argument("--gan", default="wgan-gp", choices=GAN_MODES,
                        help="adversarial training: a PatchGAN critic with WGAN-GP, or off (content loss only)")
@@ -119,6 +122,7 @@ class TrainOptions:
         opt = parse_args(self.parser, argv)
         if opt.resume:
             return resume_options(opt, load_checkpoint(opt.resume, APP).get("options") or {})
+        check_kd_options(opt, APP, KD_EXAMPLE)
         if opt.perceptual_weights and not Path(opt.perceptual_weights).is_file():
             raise UserError(f"--perceptual_weights: '{opt.perceptual_weights}' does not exist; give the path of "
                             "torchvision's VGG19 ImageNet weights (vgg19-dcbb9e9d.pth), or leave the option out "

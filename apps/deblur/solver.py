@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from apps.common.distillation import KD_TEACHER, rebuild_teacher, teacher_checkpoint
 from apps.common.solver import AppTrainer
 from apputils import distributed
 from apputils.checkpoint import rebuild_model
@@ -130,16 +131,26 @@ class Trainer(AppTrainer):
     def _adversary(self, critic: nn.Module, optimizer: torch.optim.Optimizer) -> Adversary:
         return Adversary(critic, optimizer, self.opt.critic_iters, self.opt.gp_weight)
 
+    def teachers(self) -> dict[str, nn.Module]:
+        """{KD_TEACHER: the --kd_teacher checkpoint's generator} for the schedule's distillers ({} without one),
+        rebuilt as the checkpoint's schedule left it (thinned, quantized)."""
+        path = self.opt.kd_teacher
+        if not path:
+            return {}
+        ckpt = teacher_checkpoint(path, APP)
+        return {KD_TEACHER: rebuild_teacher(ckpt, build_generator, path, self.device, dummy_input(self.device))}
+
     def build_model(self) -> None:
         """Generator (+ scheduler), critic, both optimizers and the content loss; restored when resuming."""
         self.content_loss = (PerceptualLoss.from_file(self.opt.perceptual_weights).to(self.device)
                              if self.opt.perceptual_weights else nn.L1Loss())
+        teachers = self.teachers()
         if self.opt.resume:
             ckpt = self.load_resume()
             self.arch = ckpt["arch"]
             self.model, self.compression_scheduler, self.optimizer = rebuild_model(
                 ckpt, build_generator, optimizer_factory=self._adam, device=self.device,
-                dummy_input=dummy_input(self.device))
+                dummy_input=dummy_input(self.device), teachers=teachers)
             record = (ckpt.get("networks") or {}).get("critic")
             if record is not None:
                 critic, _, optimizer = rebuild_model(record, build_critic, optimizer_factory=self._adam,
@@ -159,7 +170,7 @@ class Trainer(AppTrainer):
             import compress
 
             self.compression_scheduler = compress.file_config(self.model, self.optimizer, self.opt.compress,
-                                                              dummy_input=dummy_input(self.device))
+                                                              dummy_input=dummy_input(self.device), teachers=teachers)
 
     def _set_lr(self, epoch: int) -> None:
         factor = lr_factor(epoch, self.opt.nEpochs, self.opt.decay_epochs)

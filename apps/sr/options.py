@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
+from apps.common.distillation import add_kd_options, check_kd_options
 from apps.common.options import (
     CHECKPOINT_ROOT,
     RESULTS_ROOT,
@@ -22,7 +22,6 @@ from apps.common.options import (
     settle_test_run,
 )
 from apputils.checkpoint import load_checkpoint
-from apputils.execution_env import UserError
 
 from .models import MODELS
 
@@ -32,29 +31,7 @@ DEMO_NOTE = ("With no data option the app trains and tests on real photographs s
              "scikit-image wheel (see apps/sr/data.py).")
 OPTFORM_HELP = "application; must be the first argument (SR for super-resolution)"
 
-#: Distiller's knowledge-distillation options and what does their job here.
-_IN_SCHEDULE = "in the --compress schedule's distillers section"
-DISTILLER_KD_OPTIONS: dict[tuple[str, ...], str] = {
-    ("--kd-temp", "--kd-temperature", "--kd_temp"): f"`temperature:` {_IN_SCHEDULE} (with output_loss: kl)",
-    ("--kd-student-wt", "--kd-sw", "--kd_student_wt"): f"`student_weight:` {_IN_SCHEDULE}",
-    ("--kd-distill-wt", "--kd-dw", "--kd_distill_wt"): f"`distill_weight:` {_IN_SCHEDULE}",
-    ("--kd-start-epoch", "--kd_start_epoch"): "the `starting_epoch:` of the schedule's distiller policy",
-    ("--kd-teacher-wt", "--kd-tw"): "not needed: the teacher is frozen (Distiller required 0 as well)",
-    ("--kd-resume", "--kd-pretrained"): "--kd_teacher CHECKPOINT (a train.py checkpoint holds the teacher's "
-                                        "architecture and weights)",
-}
-
-
-class _InSchedule(argparse.Action):
-    """A Distiller KD option: refused with the schedule key that does its job here."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, key: str = "", **kwargs):
-        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
-        self.key = key
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        raise UserError(f"{option_string} is Distiller's option; here it is {self.key} "
-                        "(see README: Knowledge distillation)")
+KD_EXAMPLE = "schedules/sr/kd_edsr_teacher.yaml"
 
 
 class TrainOptions:
@@ -80,12 +57,7 @@ class TrainOptions:
         g.add_argument("--lr", type=positive(float), default=1e-3, help="Adam learning rate")
         g.add_argument("--compress", default=None, metavar="YAML",
                        help="compression schedule, e.g. schedules/sr/agp_prune.yaml (default: dense training)")
-        g.add_argument("--kd_teacher", "--kd-teacher", default=None, metavar="CKPT",
-                       help="distil from this checkpoint of the app (train.py; thinned or quantized too): its model "
-                            "is rebuilt and is the teacher a --compress schedule names with `teacher: teacher` "
-                            "(e.g. schedules/sr/kd_edsr_teacher.yaml); `teacher: self` needs no checkpoint")
-        for flags, key in DISTILLER_KD_OPTIONS.items():
-            g.add_argument(*flags, action=_InSchedule, key=key, dest=f"distiller_{flags[0][2:].replace('-', '_')}")
+        add_kd_options(g, KD_EXAMPLE)
         add_run_options(p, "<model>_x<scale>_<schedule>_<time>")
         self.parser = p
 
@@ -94,12 +66,7 @@ class TrainOptions:
         opt = parse_args(self.parser, argv)
         if opt.resume:
             return resume_options(opt, load_checkpoint(opt.resume, "SR").get("options") or {})
-        if opt.kd_teacher and not opt.compress:
-            raise UserError("--kd_teacher needs a --compress schedule whose distillers section names "
-                            "`teacher: teacher`, e.g. --compress schedules/sr/kd_edsr_teacher.yaml")
-        if opt.kd_teacher and not Path(opt.kd_teacher).is_file():
-            raise UserError(f"--kd_teacher: checkpoint '{opt.kd_teacher}' does not exist; give a checkpoint written "
-                            "by train.py (checkpoints/<run>/best.pth)")
+        check_kd_options(opt, "SR", KD_EXAMPLE)
         return settle_new_run(opt, f"{opt.model}_x{opt.upscale_factor}", "schedules/sr/")
 
 

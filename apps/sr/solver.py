@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from apps.common.distillation import KD_TEACHER, rebuild_teacher, teacher_checkpoint
 from apps.common.solver import AppTrainer, archive, deterministic_cudnn, layer_sparsity
-from apputils.checkpoint import CheckpointError, load_checkpoint, rebuild_model
+from apputils.checkpoint import CheckpointError, rebuild_model
 from apputils.execution_env import UserError
 from compress.modules import nonzero_parameters
 
@@ -22,8 +23,6 @@ from .teacher import OtherInputTeacher
 log = logging.getLogger(__name__)
 
 APP = "SR"
-#: The name a schedule's distiller uses for the --kd_teacher model (`teacher: teacher`).
-KD_TEACHER = "teacher"
 
 
 def arch_of(opt: argparse.Namespace) -> dict[str, Any]:
@@ -72,24 +71,15 @@ class Trainer(AppTrainer):
         path = self.opt.kd_teacher
         if not path:
             return {}
-        ckpt = load_checkpoint(path, APP)
+        ckpt = teacher_checkpoint(path, APP)
         scale = int(ckpt["arch"]["kwargs"].get("upscale_factor", 2))
         if scale != self.opt.upscale_factor:
             raise UserError(f"--kd_teacher '{path}' is a x{scale} model and this run trains x{self.opt.upscale_factor}; "
                             "give a teacher trained for the same scale")
         kind = arch_input_kind(ckpt["arch"]["name"])
-        teacher, _, _ = rebuild_model(ckpt, build_model, device=self.device,
-                                      dummy_input=dummy_input(scale, kind, self.device))
+        teacher = rebuild_teacher(ckpt, build_model, path, self.device, dummy_input(scale, kind, self.device))
         student_kind = MODELS[self.opt.model].INPUT_KIND
-        log.info("distillation teacher '%s': %s from %s (epoch %s)", KD_TEACHER, ckpt["arch"]["name"], path,
-                 ckpt.get("epoch"))
-        return {KD_TEACHER: teacher.eval() if kind == student_kind else OtherInputTeacher(teacher, scale, student_kind)}
-
-    def _check_teacher_used(self, teachers: dict[str, nn.Module]) -> None:
-        sched = self.compression_scheduler
-        if teachers and not any(getattr(p.component, "teacher_name", None) == KD_TEACHER for p in sched.policies):
-            raise UserError(f"--kd_teacher was given but the schedule has no distiller with `teacher: {KD_TEACHER}`; "
-                            "add a distillers section (see schedules/sr/kd_edsr_teacher.yaml) or leave --kd_teacher out")
+        return {KD_TEACHER: teacher if kind == student_kind else OtherInputTeacher(teacher, scale, student_kind)}
 
     def build_model(self) -> None:
         """Model, loss (MSE), optimizer (Adam) and the compression scheduler; restored when resuming."""
@@ -111,7 +101,6 @@ class Trainer(AppTrainer):
 
             self.compression_scheduler = compress.file_config(self.model, self.optimizer, self.opt.compress,
                                                               dummy_input=self._dummy(self.model), teachers=teachers)
-            self._check_teacher_used(teachers)
 
     # -- one epoch --------------------------------------------------------------------------------
     def train(self, epoch: int, compression_scheduler: Any = None) -> float:

@@ -79,7 +79,8 @@ def test_filter_prune_yaml_thins_inner_convs_and_reloads_from_the_checkpoint(tmp
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-@pytest.mark.parametrize("name", ["agp_prune", "filter_prune", "quantization_linear_w8a8", "post_train_w8a8"])
+@pytest.mark.parametrize("name", ["agp_prune", "filter_prune", "kd_filter_prune", "quantization_linear_w8a8",
+                                  "post_train_w8a8"])
 def test_shipped_schedules_fit_both_presets(preset, name):
     g = ResnetGenerator(**PRESETS[preset])
     compress.file_config(g, torch.optim.Adam(g.parameters()), SCHEDULES / f"{name}.yaml",

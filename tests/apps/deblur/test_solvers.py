@@ -25,7 +25,7 @@ def _opt(**kw):
                 blur_size=5, noise=1.0, batchSize=2, testBatchSize=1, nEpochs=2, iters_per_epoch=2, lr=1e-3,
                 decay_epochs=None, compress=None, gan="wgan-gp", content_weight=100.0, perceptual_weights=None,
                 critic_iters=2, gp_weight=10.0, ndf=4, save="unit", checkpoint_dir="checkpoints", resume=None,
-                print_freq=1, given=[])
+                print_freq=1, given=[], kd_teacher=None)
     base.update(kw)
     return argparse.Namespace(**base)
 

@@ -76,9 +76,6 @@ def test_kd_misuse_is_refused_clearly(data):  # noqa: F811
                      "model": C2SRCNN().state_dict()}, teacher_ckpt)
     (data / "kd.yaml").write_text(KD)
     (data / "agp.yaml").write_text((SCHEDULES / "agp_prune.yaml").read_text())
-    with pytest.raises(UserError, match="no distiller with `teacher: teacher`"):
-        opt = student(compress="agp.yaml", model="C2SRCNN")
-        Trainer(opt, *build_train_loaders(opt)).build_model()
     with pytest.raises(UserError, match="is a x2 model and this run trains x3"):
         opt = student(upscale_factor=3)
         Trainer(opt, *build_train_loaders(opt)).build_model()
@@ -91,6 +88,12 @@ def test_kd_misuse_is_refused_clearly(data):  # noqa: F811
         parser.parse(["--optform=SR", "--kd_teacher", teacher_ckpt])
     with pytest.raises(UserError, match="checkpoint 'nope.pth' does not exist"):
         parser.parse(["--optform=SR", "--compress", "kd.yaml", "--kd-teacher", "nope.pth"])
+    with pytest.raises(UserError, match="the schedule 'agp.yaml' has no distiller with `teacher: teacher`"):
+        parser.parse(["--optform=SR", "--compress", "agp.yaml", "--kd_teacher", teacher_ckpt])
+    with pytest.raises(UserError, match="--kd_teacher 'nope.pth' was trained by app 'Deblur'; this run trains SR"):
+        save_checkpoint({"format": 1, "app": "Deblur", "arch": {"name": "ResnetGenerator", "kwargs": {}}, "model": {}},
+                        "nope.pth")
+        parser.parse(["--optform=SR", "--compress", "kd.yaml", "--kd_teacher", "nope.pth"])
     with pytest.raises(UserError, match="--kd-distill-wt is Distiller's option; here it is `distill_weight:`"):
         parser.parse(["--optform=SR", "--kd-distill-wt", "0.7"])
 
