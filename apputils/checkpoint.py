@@ -10,6 +10,10 @@ Contract (format 1)::
 more networks (a GAN's critic) keeps each under 'networks': {name: {'arch', 'model', 'optimizer'}},
 uncompressed; `rebuild_model(ckpt['networks'][name], build, optimizer_factory=...)` restores one.
 
+A run that started from another checkpoint's weights (train.py --load_weights) keeps that checkpoint's
+structure under 'base': {'schedule', 'scheduler', 'base'} (`base_record`), no weights: its thinning is
+replayed before the run's own schedule, so the model is rebuilt without the file it started from.
+
 A compressed model (thinned, quantized) is rebuilt, never unpickled: build the dense architecture,
 replay the schedule with `compress.dict_config`, restore the scheduler state (which re-applies
 thinning recipes and quantizer module swaps), then load the weights (`rebuild_model`).
@@ -131,6 +135,10 @@ def rebuild_model(ckpt: dict[str, Any], build: Callable[[str, dict[str, Any]], n
     """
     arch = ckpt["arch"]
     model = build(arch["name"], dict(arch.get("kwargs") or {})).to(device)
+    if dummy_input is not None:
+        dummy_input = dummy_input.to(device)
+    if ckpt.get("base"):
+        _replay_base(model, ckpt["base"], dummy_input)
     scheduler = None
     optimizer = None
     schedule = ckpt.get("schedule")
@@ -138,8 +146,6 @@ def rebuild_model(ckpt: dict[str, Any], build: Callable[[str, dict[str, Any]], n
         import compress
 
         optimizer = optimizer_factory(model) if optimizer_factory else None
-        if dummy_input is not None:
-            dummy_input = dummy_input.to(device)
         state = ckpt.get("scheduler")
         # without an optimizer (rebuilding for inference) LR schedules and distillers are inactive and keep
         # their saved state
@@ -158,3 +164,25 @@ def rebuild_model(ckpt: dict[str, Any], build: Callable[[str, dict[str, Any]], n
         if ckpt.get("optimizer") is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
     return model, scheduler, optimizer
+
+
+def base_record(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The 'base' of a run starting from `ckpt`'s weights: the structure its schedule (and its own base) gave
+    the model, replayed by `rebuild_model` before the new run's schedule; None for a never-compressed model."""
+    if not ckpt.get("schedule"):
+        return ckpt.get("base")
+    return {"schedule": ckpt["schedule"], "scheduler": ckpt.get("scheduler"), "base": ckpt.get("base")}
+
+
+def _replay_base(model: nn.Module, base: dict[str, Any], dummy_input: torch.Tensor | None) -> None:
+    """Give `model` the structure of `base` (thinning replayed, oldest first); that schedule's masks are dropped
+    (the weights' zeros stay, the run's own schedule decides what stays pruned)."""
+    import compress
+
+    if base.get("base"):
+        _replay_base(model, base["base"], dummy_input)
+    scheduler = compress.dict_config(model, None, base["schedule"], dummy_input=dummy_input)
+    if base.get("scheduler") is not None:
+        scheduler.load_state_dict(base["scheduler"])
+    for name in list(scheduler.masks):
+        scheduler.ctx.masks.remove(name)  # its gradient hooks go too

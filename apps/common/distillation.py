@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from apputils.checkpoint import load_checkpoint, rebuild_model
+from apps.common.options import app_checkpoint
+from apputils.checkpoint import rebuild_model
 from apputils.execution_env import UserError
 from compress.schedule_source import read_schedule
 
@@ -64,25 +65,18 @@ def check_kd_options(opt: argparse.Namespace, app: str, example: str) -> None:
     if not opt.compress:
         raise UserError("--kd_teacher needs a --compress schedule whose distillers section names "
                         f"`teacher: {KD_TEACHER}`, e.g. --compress {example}")
-    if not Path(opt.kd_teacher).is_file():
-        raise UserError(f"--kd_teacher: checkpoint '{opt.kd_teacher}' does not exist; give a checkpoint written "
-                        "by train.py (checkpoints/<run>/best.pth)")
+    teacher_checkpoint(opt.kd_teacher, app)
     if Path(opt.compress).is_file():  # a missing schedule is reported with the --compress checks
         distillers = read_schedule(opt.compress).data.get("distillers") or {}
         if not any(isinstance(d, dict) and d.get("teacher") == KD_TEACHER for d in distillers.values()):
             raise UserError(f"--kd_teacher was given but the schedule '{opt.compress}' has no distiller with "
                             f"`teacher: {KD_TEACHER}`; add a distillers section (see {example}) or leave "
                             "--kd_teacher out")
-    teacher_checkpoint(opt.kd_teacher, app)
 
 
 def teacher_checkpoint(path: str, app: str) -> dict[str, Any]:
     """The --kd_teacher checkpoint, which must come from the same app's train.py."""
-    ckpt = load_checkpoint(path)
-    if ckpt["app"] != app:
-        raise UserError(f"--kd_teacher '{path}' was trained by app '{ckpt['app']}'; this run trains {app}: give "
-                        f"a checkpoint written by train.py --optform={app}")
-    return ckpt
+    return app_checkpoint(path, app, "--kd_teacher")
 
 
 def rebuild_teacher(ckpt: dict[str, Any], build: Callable[[str, dict[str, Any]], nn.Module], path: str,

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from apputils.checkpoint import load_checkpoint
 from apputils.execution_env import UserError
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,18 @@ def settle_new_run(opt: argparse.Namespace, prefix: str, schedules: str) -> argp
         opt.save = f"{prefix}_{schedule}_{time.strftime('%Y%m%d-%H%M%S')}"
     check_run_name(opt.save, "--checkpoint_dir")
     return opt
+
+
+def app_checkpoint(path: str, app: str, option: str) -> dict[str, Any]:
+    """The checkpoint `option` names (--kd_teacher, --load_weights), which must exist and come from `app`'s train.py."""
+    if not Path(path).is_file():
+        raise UserError(f"{option}: checkpoint '{path}' does not exist; give a checkpoint written by train.py "
+                        "(checkpoints/<run>/best.pth)")
+    ckpt = load_checkpoint(path)
+    if ckpt["app"] != app:
+        raise UserError(f"{option} '{path}' was trained by app '{ckpt['app']}'; this run trains {app}: give a "
+                        f"checkpoint written by train.py --optform={app}")
+    return ckpt
 
 
 def check_run_name(name: str, folder_option: str) -> None:

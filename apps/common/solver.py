@@ -14,7 +14,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from apps.common.load_weights import load_model, weights_checkpoint
 from apputils import distributed
-from apputils.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from apputils.checkpoint import base_record, load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from apputils.execution_env import FILE_ONLY, RunEnv, UserError, follow_run, log_env_info, setup_run
 from compress.modules import nonzero_parameters
 
@@ -128,6 +129,8 @@ class AppTrainer:
         self.env: RunEnv | None = None
         self.run_dir = Path(config.checkpoint_dir) / config.save
         self.history: list[dict[str, float]] = []
+        #: the structure the run's weights started with (--load_weights), see apputils.checkpoint.base_record
+        self.base: dict[str, Any] | None = None
 
     # -- what an app implements -------------------------------------------------------------------
     def build_model(self) -> None:
@@ -176,6 +179,19 @@ class AppTrainer:
         """The learning rate to train with: --lr, times the number of processes with --scale_lr."""
         return self.opt.lr * (distributed.world_size() if getattr(self.opt, "scale_lr", False) else 1)
 
+    def new_model(self, build: Callable[[str, dict[str, Any]], nn.Module], arch: dict[str, Any],
+                  dummy_input: torch.Tensor | None = None) -> dict[str, Any] | None:
+        """A new run's self.model: `arch` built with fresh weights, or with --load_weights that checkpoint's model
+        (as its schedule left it); returns that checkpoint, else None."""
+        path = getattr(self.opt, "load_weights", None)
+        if not path:
+            self.model = build(arch["name"], dict(arch["kwargs"])).to(self.device)
+            return None
+        ckpt = weights_checkpoint(path, self.APP)
+        self.model = load_model(ckpt, build, path, self.device, dummy_input)
+        self.base = base_record(ckpt)
+        return ckpt
+
     # -- resuming ---------------------------------------------------------------------------------
     def load_resume(self) -> dict[str, Any]:
         """The --resume checkpoint; a newer latest.pth of the run is copied aside first, never lost."""
@@ -200,6 +216,7 @@ class AppTrainer:
         self.best_key = (int(key[0]), float(key[1])) if key else None
         self.global_step = int(ckpt.get("global_step", 0))
         self.history = list(ckpt.get("history", []))
+        self.base = ckpt.get("base")
         if ckpt.get("rng"):
             set_rng_states(ckpt["rng"])
         log.info("resumed %s at the end of epoch %d (best PSNR %.3f dB at epoch %d)",
@@ -226,7 +243,7 @@ class AppTrainer:
                 "best_key": list(self.best_key) if self.best_key else None,
                 "global_step": self.global_step, "history": self.history,
                 "options": options, "rng": rng_states(), "run": self.opt.save,
-                "world_size": distributed.world_size()}
+                "world_size": distributed.world_size(), "base": self.base}
 
     # -- the training loop's shared steps ----------------------------------------------------------
     def epoch_bar(self, epoch: int) -> tqdm:

@@ -5,8 +5,10 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from apps.common.distillation import add_kd_options, check_kd_options
+from apps.common.load_weights import add_load_weights_option, check_load_weights
 from apps.common.options import (
     HelpFormatter,
     add_common,
@@ -62,6 +64,18 @@ def _blur_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, from_che
                    help="synthetic blur: Gaussian noise added to the blurred images, in 8-bit levels" + note)
 
 
+def architecture(ckpt: dict[str, Any], critic: bool) -> dict[str, Any]:
+    """The options that rebuild a checkpoint's generator (--model, --ngf, --n_blocks, --dropout, --norm) and,
+    when the run trains a `critic` and the checkpoint has one (then loaded too), its --ndf."""
+    saved, kwargs = ckpt.get("options") or {}, ckpt["arch"]["kwargs"]
+    options = {key: saved[key] for key in ("model",) if key in saved}
+    options.update({key: kwargs[key] for key in ("ngf", "n_blocks", "dropout", "norm") if key in kwargs})
+    record = (ckpt.get("networks") or {}).get("critic")
+    if critic and record is not None:
+        options["ndf"] = record["arch"]["kwargs"]["ndf"]
+    return options
+
+
 class TrainOptions:
     """Training options: `TrainOptions().parse(argv)` -> argparse.Namespace."""
 
@@ -71,7 +85,9 @@ class TrainOptions:
             description="Train (and compress) a DeblurGAN generator on RGB images, with a WGAN-GP critic or "
                         "on the content loss alone.\n" + DEMO_NOTE,
             epilog="example:\n  python train.py --optform=Deblur --compress=schedules/deblur/agp_prune.yaml\n"
-                   "  python train.py --optform=Deblur --resume checkpoints/<run>/latest.pth")
+                   "  python train.py --optform=Deblur --resume checkpoints/<run>/latest.pth\n"
+                   "  python train.py --optform=Deblur --load_weights checkpoints/<dense run>/best.pth "
+                   "--compress=schedules/deblur/kd_filter_prune.yaml")
         add_common(p, OPTFORM_HELP)
         g = p.add_argument_group("model and data")
         g.add_argument("--model", default="DeblurGAN-CPU", choices=list(PRESETS),
@@ -101,6 +117,7 @@ class TrainOptions:
                        help="compression schedule for the generator, e.g. schedules/deblur/agp_prune.yaml "
                             "(default: dense training)")
         add_kd_options(g, KD_EXAMPLE)
+        add_load_weights_option(g)
         g = p.add_argument_group("losses and critic")
         g.add_argument("--gan", default="wgan-gp", choices=GAN_MODES,
                        help="adversarial training: a PatchGAN critic with WGAN-GP, or off (content loss only)")
@@ -120,6 +137,7 @@ class TrainOptions:
     def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
         """Parse `argv` (default sys.argv[1:]) and settle the run: its name, or the resumed run's options."""
         opt = parse_args(self.parser, argv)
+        check_load_weights(opt, APP, lambda ckpt: architecture(ckpt, opt.gan != "off"))
         if opt.resume:
             return resume_options(opt, load_checkpoint(opt.resume, APP).get("options") or {})
         check_kd_options(opt, APP, KD_EXAMPLE)

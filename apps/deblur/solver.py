@@ -159,18 +159,34 @@ class Trainer(AppTrainer):
             self.restore_progress(ckpt)
             return
         torch.manual_seed(self.opt.seed)
-        self.arch = arch_of(self.opt)
-        self.model = build_generator(self.arch["name"], self.arch["kwargs"]).to(self.device)
+        start = self.new_model(build_generator, arch_of(self.opt), dummy_input(self.device))
+        self.arch = start["arch"] if start else arch_of(self.opt)
         self.optimizer = self._adam(self.model)
         if self.opt.gan != "off":
-            arch = critic_arch(self.opt)
-            critic = build_critic(arch["name"], arch["kwargs"]).to(self.device)
-            self.adversary = self._adversary(critic, self._adam(critic))
+            self.adversary = self._adversary(*self._new_critic(start))
+        elif start and (start.get("networks") or {}).get("critic"):
+            log.info("--load_weights: the checkpoint's critic is not used (--gan off)")
         if self.opt.compress:
             import compress
 
             self.compression_scheduler = compress.file_config(self.model, self.optimizer, self.opt.compress,
                                                               dummy_input=dummy_input(self.device), teachers=teachers)
+
+    def _new_critic(self, start: dict[str, Any] | None) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """A new run's critic and its optimizer: with --load_weights the checkpoint's critic when it has one (it
+        knows the loaded generator's outputs; a fresh one would first push the trained generator around),
+        else a fresh one."""
+        record = (start.get("networks") or {}).get("critic") if start else None
+        if record is not None:
+            critic, _, _ = rebuild_model(record, build_critic, device=self.device)
+            log.info("--load_weights: the critic comes from the checkpoint too (new optimizer)")
+        else:
+            arch = critic_arch(self.opt)
+            critic = build_critic(arch["name"], arch["kwargs"]).to(self.device)
+            if start:
+                log.info("--load_weights: the checkpoint has no critic (trained with --gan off): the critic starts "
+                         "fresh")
+        return critic, self._adam(critic)
 
     def _set_lr(self, epoch: int) -> None:
         factor = lr_factor(epoch, self.opt.nEpochs, self.opt.decay_epochs)

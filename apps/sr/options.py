@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from apps.common.distillation import add_kd_options, check_kd_options
+from apps.common.load_weights import add_load_weights_option, check_load_weights
 from apps.common.options import (
     CHECKPOINT_ROOT,
     RESULTS_ROOT,
@@ -34,6 +36,11 @@ OPTFORM_HELP = "application; must be the first argument (SR for super-resolution
 KD_EXAMPLE = "schedules/sr/kd_edsr_teacher.yaml"
 
 
+def architecture(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The options that rebuild a checkpoint's model: --model and --upscale_factor."""
+    return {"model": ckpt["arch"]["name"], "upscale_factor": int(ckpt["arch"]["kwargs"].get("upscale_factor", 2))}
+
+
 class TrainOptions:
     """Training options: `TrainOptions().parse(argv)` -> argparse.Namespace."""
 
@@ -42,7 +49,9 @@ class TrainOptions:
             prog="train.py", formatter_class=HelpFormatter,
             description="Train (and compress) a super-resolution network on the Y channel.\n" + DEMO_NOTE,
             epilog="example:\n  python train.py --optform=SR --compress=schedules/sr/agp_prune.yaml\n"
-                   "  python train.py --optform=SR --resume checkpoints/<run>/latest.pth")
+                   "  python train.py --optform=SR --resume checkpoints/<run>/latest.pth\n"
+                   "  python train.py --optform=SR --load_weights checkpoints/<dense run>/best.pth "
+                   "--compress=schedules/sr/kd_agp_prune.yaml")
         add_common(p, OPTFORM_HELP)
         g = p.add_argument_group("model and data")
         g.add_argument("--model", default="C2SRCNN", choices=list(MODELS), help="architecture")
@@ -58,12 +67,14 @@ class TrainOptions:
         g.add_argument("--compress", default=None, metavar="YAML",
                        help="compression schedule, e.g. schedules/sr/agp_prune.yaml (default: dense training)")
         add_kd_options(g, KD_EXAMPLE)
+        add_load_weights_option(g)
         add_run_options(p, "<model>_x<scale>_<schedule>_<time>")
         self.parser = p
 
     def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
         """Parse `argv` (default sys.argv[1:]) and settle the run: its name, or the resumed run's options."""
         opt = parse_args(self.parser, argv)
+        check_load_weights(opt, "SR", architecture)
         if opt.resume:
             return resume_options(opt, load_checkpoint(opt.resume, "SR").get("options") or {})
         check_kd_options(opt, "SR", KD_EXAMPLE)

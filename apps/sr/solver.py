@@ -94,7 +94,8 @@ class Trainer(AppTrainer):
             self.restore_progress(ckpt)
             return
         torch.manual_seed(self.opt.seed)
-        self.model = build_model(self.opt.model, arch_of(self.opt)["kwargs"]).to(self.device)
+        self.new_model(build_model, arch_of(self.opt),
+                       dummy_input(self.opt.upscale_factor, arch_input_kind(self.opt.model), self.device))
         self.optimizer = self._optimizer(self.model)
         if self.opt.compress:
             import compress
