@@ -102,16 +102,41 @@ def test_agp_prunes_the_trunk_convs_to_half():
     assert float((g.model[7].weight == 0).float().mean()) == 0.0
 
 
-def test_qat_generator_exports_an_int8_model_that_onnx_runtime_runs_exactly(tmp_path):
-    # 7-bit weight codes: 255 x 63 x 2 fits int16, so x86 CPUs without VNNI (u8 x s8 pairs summed in int16)
-    # compute exactly what the simulation does; the shipped schedule's 8-bit weights are exact with VNNI
-    text = (SCHEDULES / "quantization_linear_w8a8.yaml").read_text().replace("bits_weights: 8", "bits_weights: 7")
-    (tmp_path / "q.yaml").write_text(text)
+def _qat_generator(tmp_path: Path) -> ResnetGenerator:
     g = ResnetGenerator(ngf=4, n_blocks=2)
     x = torch.rand(4, 3, 24, 24)
     opt = torch.optim.Adam(g.parameters(), lr=1e-3)
-    sched = compress.file_config(g, opt, tmp_path / "q.yaml", dummy_input=x[:1])
+    sched = compress.file_config(g, opt, SCHEDULES / "quantization_linear_w8a8.yaml", dummy_input=x[:1])
     run_scheduled(g, opt, sched, 1, [(x, x)] * 4)
-    check = transform_to_onnx(g.eval(), tmp_path / "g.onnx", torch.rand(1, 3, 30, 26), True)
-    assert check["passed"] and check["max_abs_diff"] == 0.0
+    return g.eval()
+
+
+def test_qat_generator_exports_an_int8_model_that_onnx_runtime_runs_to_one_8bit_level(tmp_path):
+    # InstanceNorm stays float between the integer layers and ONNX Runtime sums its statistics in another
+    # order, so the check asks for agreement to one 8-bit level (root mean square), not for exactness
+    check = transform_to_onnx(_qat_generator(tmp_path), tmp_path / "g.onnx", torch.rand(1, 3, 30, 26), True)
+    assert check["passed"] and check["exact_on"].startswith("none: InstanceNorm2d run in float")
+    assert 0 < check["rms_tolerance"] <= 1 / 255 and check["rms_diff"] <= check["rms_tolerance"]
+    assert check["max_weight_code"] <= 64  # the portable grid: no 16-bit saturation on any x86 CPU
     assert check["integer_ops"].get("QLinearConv", 0) == 8  # every Conv2d; InstanceNorm and ConvTranspose2d float
+
+
+@pytest.mark.parametrize("levels, passes", [(0.5, True), (2.0, False)])
+def test_the_generators_int8_check_fails_beyond_one_8bit_level(tmp_path, monkeypatch, levels, passes):
+    from apputils import onnx_export
+
+    class Shifted(onnx_export.ort.InferenceSession):
+        """ONNX Runtime's output moved by `levels` 8-bit levels of a [0, 1] image."""
+
+        def run(self, *args, **kwargs):
+            return [out + levels / 255 for out in super().run(*args, **kwargs)]
+
+    monkeypatch.setattr(onnx_export.ort, "InferenceSession", Shifted)
+    g, x = _qat_generator(tmp_path), torch.rand(1, 3, 30, 26)
+    if passes:
+        assert transform_to_onnx(g, tmp_path / "g.onnx", x, True)["passed"]
+        return
+    with pytest.raises(onnx_export.ExportCheckError, match=r"differs from PyTorch by .* root mean square, more than "
+                                                            r"one 8-bit level of the output's range"):
+        transform_to_onnx(g, tmp_path / "g.onnx", x, True)
+    assert (tmp_path / "g.onnx.failed").is_file() and not (tmp_path / "g.onnx").exists()
