@@ -246,14 +246,19 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=skippable)
 
 
+def sync_bn_refusal(device_type: str) -> str:
+    """Why --sync_bn cannot run on `device_type` and what to do instead."""
+    return (f"--sync_bn needs CUDA devices (torch.nn.SyncBatchNorm runs on GPUs only), and this run is on "
+            f"{device_type}: leave --sync_bn out (each process then normalises with its own batch's statistics, "
+            "and DDP keeps the running statistics equal on every rank)")
+
+
 def sync_batchnorm(model: nn.Module, device: torch.device) -> int:
     """Make every BatchNorm of `model` a SyncBatchNorm (statistics of the global batch), in place: the
     parameters and buffers stay the same tensors, so the optimizer, masks and quantizers keep them. Returns
     how many were converted. torch runs SyncBatchNorm on GPUs only: on another device this is a UserError."""
     if device.type != "cuda":
-        raise UserError(f"--sync_bn needs CUDA devices (torch.nn.SyncBatchNorm runs on GPUs only), and this run "
-                        f"is on {device.type}: leave --sync_bn out (each process then normalises with its own "
-                        "batch's statistics, and DDP keeps the running statistics equal on every rank)")
+        raise UserError(sync_bn_refusal(device.type))
     norms = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the children in place
     return len(norms)

@@ -319,8 +319,12 @@ def transform_to_onnx(model: nn.Module, onnx_file: str | os.PathLike, dummy_inpu
         rms = float(np.sqrt(np.mean(np.square(errors, dtype=np.float64))))
         rms_tolerance = (float(reference.max() - reference.min()) / RMS_LEVELS
                          if quantize_flag and norms else 0.0)
-        passed = (rms <= rms_tolerance if rms_tolerance > 0 else within >= QUANTIZED_SHARE) if quantize_flag \
-            else within == 1.0
+        if not quantize_flag:
+            passed = within == 1.0
+        elif rms_tolerance > 0:
+            passed = rms <= rms_tolerance
+        else:
+            passed = within >= QUANTIZED_SHARE
         ops = _ops_after_optimization(tmp)
         check = ExportCheck(str(path), quantize_flag, passed, diff, tolerance, within, tmp.stat().st_size,
                             {op: n for op, n in ops.items() if op in INTEGER_OPS},

@@ -152,5 +152,6 @@ def main() -> None:
             sense = f"{sense_s:>15.2f}{base[1] / sense_s:>9.2f}x" if sense_s is not None else ""
             print(f"{case:<8}{world:>6}{ips:>11.2f}{ips / base[0]:>9.2f}x{sense}", flush=True)
 
+
 if __name__ == "__main__":
     main()

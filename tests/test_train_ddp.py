@@ -125,3 +125,9 @@ def test_sync_bn_on_cpu_processes_is_one_message_before_training(tmp_path):
     ours = [line for line in r.stderr.splitlines() if line.startswith("error: --sync_bn needs CUDA devices")]
     assert len(ours) == 2, r.stderr[-3000:]  # each rank says it and stops; nothing was trained or saved
     assert not (tmp_path / "checkpoints/s/latest.pth").exists()
+
+
+def test_sync_bn_on_the_cpu_is_refused_before_the_run_starts_in_one_process_too(tmp_path):
+    r = run_app(tmp_path, "train.py", "--optform=SR", "--sync_bn", "--device", "cpu", "--save", "s")
+    assert r.returncode == 2 and r.stderr.count("error: --sync_bn needs CUDA devices") == 1, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not (tmp_path / "checkpoints").exists()

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from apputils.checkpoint import load_checkpoint
+from apputils.distributed import sync_bn_refusal
 from apputils.execution_env import UserError
 
 log = logging.getLogger(__name__)
@@ -125,11 +126,13 @@ def settle_test_run(opt: argparse.Namespace, ckpt: dict[str, Any]) -> argparse.N
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse `argv`, refuse --device cuda without CUDA and folder options that name files, and record in
-    `given` which options the user typed."""
+    """Parse `argv`, refuse --device cuda without CUDA, --sync_bn on the CPU and folder options that name files,
+    and record in `given` which options the user typed."""
     opt = parser.parse_args(argv)
     if opt.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was given but no CUDA device is available; use --device cpu or auto")
+    if getattr(opt, "sync_bn", False) and (opt.device == "cpu" or not torch.cuda.is_available()):
+        raise UserError(sync_bn_refusal("cpu"))
     for folder in ("checkpoint_dir", "results_dir"):
         if hasattr(opt, folder):
             check_folder(getattr(opt, folder), f"--{folder}")

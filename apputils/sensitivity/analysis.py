@@ -83,12 +83,13 @@ def _analyse(plan: Plan, evaluator: Evaluator, progress: bool) -> list[dict[str,
     baseline = evaluator.baseline()
     rows: list[dict[str, Any]] = []
     mine = shares(plan.names, plan.levels, distributed.world_size())[distributed.rank()]
+    my_levels: dict[str, set[float]] = {}
+    for name, level in mine:
+        my_levels.setdefault(name, set()).add(level)
     with tqdm(total=len(mine), desc=f"sensitivity ({plan.sense_type})",
               disable=not progress or not distributed.is_main(), unit="step") as bar:
-        for name in plan.names:
-            levels = {level for n, level in mine if n == name}
-            if not levels:
-                continue
+        for name in (n for n in plan.names if n in my_levels):
+            levels = my_levels[name]
             bar.set_postfix_str(name)
             steps = [s for s in plan.steps(name) if s.level in levels]
             measured = evaluator.evaluate([s for s in steps if s.changed])
