@@ -5,6 +5,7 @@ import difflib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,15 @@ def _analyse(plan: Plan, evaluator: Evaluator, progress: bool) -> list[dict[str,
     """One row per (weight, level); a level that leaves the weight unchanged reuses the baseline.
 
     Under torchrun (a process group of W processes) the (weight, level) pairs are shared out across the
-    ranks (`shares`) and every rank gets all rows, in the plan's order: the same table as one process.
+    ranks by what they cost (`shares`) and every rank gets all rows, in the plan's order: the same table as
+    one process.
     """
     baseline = evaluator.baseline()
     rows: list[dict[str, Any]] = []
-    mine = shares(plan.names, plan.levels, distributed.world_size())[distributed.rank()]
+    world = distributed.world_size()
+    work = [WeightWork(name, plan.levels, *evaluator.cost(plan.members(name))) for name in plan.names] \
+        if world > 1 else [WeightWork(name, plan.levels, 0.0, 1.0) for name in plan.names]
+    mine = shares(work, world)[distributed.rank()]
     my_levels: dict[str, set[float]] = {}
     for name, level in mine:
         my_levels.setdefault(name, set()).add(level)
@@ -104,19 +109,45 @@ def _analyse(plan: Plan, evaluator: Evaluator, progress: bool) -> list[dict[str,
     return [by_pair[(name, level)] for name in plan.names for level in plan.levels]
 
 
-def shares(names: Sequence[str], levels: Sequence[float], world: int) -> list[set[tuple[str, float]]]:
+@dataclass(frozen=True)
+class WeightWork:
+    """What analysing one weight costs: `setup` once on each rank that takes any of its levels (the
+    layers before it, whose output is cached), `per_level` for each level above 0 (level 0 prunes
+    nothing: its row is the baseline's)."""
+
+    name: str
+    levels: Sequence[float]
+    setup: float
+    per_level: float
+
+    def cost(self, levels: Sequence[float]) -> float:
+        return self.setup + self.per_level * sum(1 for lv in levels if lv > 0)
+
+
+def shares(work: Sequence[WeightWork], world: int) -> list[set[tuple[str, float]]]:
     """The (weight, level) pairs each of `world` ranks analyses, balanced by cost.
 
-    A pair's cost is taken as the number of weights from it to the end of `names` (the model's order: the
-    cached evaluator reruns the layers after the pruned one); the costliest pair goes first, each onto the
-    least loaded rank (ties: lowest rank), so every rank computes the same split.
+    A weight's levels stay together (its set-up is paid once) unless they cost more than half a rank's
+    fair share; then they are cut into that many pieces. The costliest piece goes first, each onto the
+    least loaded rank (ties: plan order, lowest rank), so every rank computes the same split from the
+    same costs (rank 0's measurements).
     """
-    pairs = [(len(names) - i, name, level) for i, name in enumerate(names) for level in levels]
     out: list[set[tuple[str, float]]] = [set() for _ in range(world)]
-    loads = [0] * world
-    for cost, name, level in sorted(pairs, key=lambda p: -p[0]):  # stable: plan order among equal costs
+    if world == 1:
+        out[0] = {(w.name, lv) for w in work for lv in w.levels}
+        return out
+    limit = sum(w.cost(w.levels) for w in work) / world / 2
+    pieces: list[tuple[float, int, str, list[float]]] = []
+    for order, w in enumerate(work):
+        changed = [lv for lv in w.levels if lv > 0]
+        n = max(1, min(len(changed), math.ceil(w.cost(w.levels) / limit) if limit > 0 else 1))
+        parts = [changed[k * len(changed) // n:(k + 1) * len(changed) // n] for k in range(n)]
+        parts[0] += [lv for lv in w.levels if lv <= 0]
+        pieces += [(w.cost(part), order, w.name, part) for part in parts]
+    loads = [0.0] * world
+    for cost, _, name, part in sorted(pieces, key=lambda p: (-p[0], p[1])):
         r = loads.index(min(loads))
-        out[r].add((name, level))
+        out[r].update((name, lv) for lv in part)
         loads[r] += cost
     return out
 

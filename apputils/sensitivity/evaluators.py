@@ -1,13 +1,14 @@
 """How the analysis measures a step: the whole test per step, or only the layers from the pruned one on.
 
-Both evaluators give `baseline()` (the unpruned model by the whole test: the reference) and
+Both evaluators give `baseline()` (the unpruned model by the whole test: the reference),
 `evaluate(steps)`, which yields the metrics of each step in turn with the step's values put into the
-parameters and restored afterwards.
+parameters and restored afterwards, and `cost(params)`, what the steps of a weight cost (to share the
+analysis out across ranks).
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import torch
@@ -15,10 +16,11 @@ import torch.fx
 from torch import nn
 from torch.nn import functional as F
 
+from .. import distributed
 from .evaluation import Evaluation, MetricAverage, Metrics, batch_size, call_test, device_of
 from .partial_run import PartialRunner
 from .steps import Step, with_values
-from .tuning import choose_kernels, choose_memory_format
+from .tuning import choose_kernels, choose_memory_format, node_costs
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ class Evaluator(Protocol):
 
     def evaluate(self, steps: list[Step]) -> Iterator[Metrics]:
         """The metrics of each step (all of one weight, each changing the model), in order."""
+
+    def cost(self, params: Iterable[str]) -> tuple[float, float]:
+        """(once per rank that evaluates any step changing `params`, each such step), in one unit."""
 
 
 class WholeModel:
@@ -55,6 +60,10 @@ class WholeModel:
         for step in steps:
             yield with_values(self.params, step.new_values, self.run)
 
+    def cost(self, params: Iterable[str]) -> tuple[float, float]:
+        """Every step runs the whole test: no set-up, one unit per step."""
+        return 0.0, 1.0
+
 
 class CachedEvaluation:
     """Evaluates from a cached point of the traced graph: the layers before it run once per batch."""
@@ -66,6 +75,8 @@ class CachedEvaluation:
         self.batches = list(evaluation.batches(device_of(model)))
         self.start = -1
         self.cache: list[tuple[dict[torch.fx.Node, Any], Any, int]] = []
+        #: seconds per traced node on the first batch, measured when the analysis is shared out
+        self.node_costs: list[float] | None = None
 
     def baseline(self) -> Metrics:
         """The unpruned model's metrics by the whole test; then (the test set now known to be non-empty)
@@ -75,7 +86,16 @@ class CachedEvaluation:
         choose_memory_format(self.runner, self.model, first, self.memory_format)
         if self.fast_kernels:
             choose_kernels(self.runner, first)
+        if distributed.world_size() > 1:
+            self.node_costs = node_costs(self.runner, first)
         return metrics
+
+    def cost(self, params: Iterable[str]) -> tuple[float, float]:
+        """(the layers before the first that reads `params`, run once per rank to fill the cache; those
+        from it on, run per step), in seconds per test set (node counts when not measured)."""
+        start = self.runner.first_use(params)
+        costs = self.node_costs or [1.0] * len(self.runner.nodes)
+        return len(self.batches) * sum(costs[:start]), len(self.batches) * sum(costs[start:])
 
     def evaluate(self, steps: list[Step]) -> Iterator[Metrics]:
         """Cache what crosses the first layer the steps change, then run each step from there."""

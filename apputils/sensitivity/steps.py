@@ -58,6 +58,12 @@ class Plan:
     sense_type: str
     resolver: GroupResolver
 
+    def members(self, name: str) -> list[str]:
+        """The parameters that pruning `name` changes (its group's members for filters / channels)."""
+        if self.sense_type == "element":
+            return [name]
+        return list(self.resolver.group(name, "filters" if self.sense_type == "filter" else "channels").params)
+
     def steps(self, name: str) -> list[Step]:
         """One step per level for weight `name`; `changed` is False where the level prunes nothing new."""
         out = []

@@ -1,6 +1,7 @@
-"""CPU kernel tuning for the partial runs: channels-last memory format, and narrow convolutions by taps.
+"""CPU kernel tuning for the partial runs: channels-last memory format, and narrow convolutions by taps;
+and what each node costs, to share an analysis out across ranks.
 
-Both are checked on the first batch to give the same output as the plain model (up to the order of
+The first two are checked on the first batch to give the same output as the plain model (up to the order of
 float sums); the taps are also timed and kept only where they are measured faster on this machine.
 """
 from __future__ import annotations
@@ -80,6 +81,14 @@ def choose_kernels(runner: PartialRunner, x: Any, repeats: int = 3) -> None:
     chosen = set(distributed.broadcast_object(sorted(node.name for node in runner.kernels)))
     runner.kernels = {node: runner.kernels.get(node) or TapsConv(runner.module(node))
                       for node in candidates if node.name in chosen}
+
+
+def node_costs(runner: PartialRunner, x: Any, repeats: int = 2) -> list[float]:
+    """Seconds each traced node takes on `x` (best of `repeats`), as the runner now runs it: what a step
+    costs from any node on. Rank 0's figures on every rank, so every rank shares the analysis out alike."""
+    with torch.no_grad():
+        runs = [runner.node_seconds(x) for _ in range(repeats)]
+    return distributed.broadcast_object([min(times) for times in zip(*runs, strict=True)])
 
 
 def best_times(functions: Sequence[Callable[[Any], Any]], value: Any, repeats: int) -> list[float]:

@@ -93,16 +93,26 @@ def _sensitivity(rank: int | None, sense_type: str, folder: str) -> list[dict]:
 
 
 def test_sensitivity_shares_give_every_pair_to_one_rank_balanced_by_cost():
-    from apputils.sensitivity.analysis import shares
+    from apputils.sensitivity.analysis import WeightWork, shares
 
-    names, levels = [f"w{i}" for i in range(7)], [0.0, 0.5, 0.9]
-    out = shares(names, levels, 3)
-    assert out == shares(names, levels, 3)  # the same split on every rank
-    assert sorted(p for share in out for p in share) == sorted((n, lv) for n in names for lv in levels)
-    assert sum(len(share) for share in out) == len(names) * len(levels)
-    loads = [sum(len(names) - names.index(n) for n, _ in share) for share in out]
-    assert max(loads) - min(loads) <= len(names)  # within one pair's largest cost
-    assert shares(names, levels, 1) == [{(n, lv) for n in names for lv in levels}]
+    levels = [0.0, 0.3, 0.6, 0.9]
+    work = [WeightWork(f"w{i}", levels, setup=0.5 * i, per_level=7.0 - i) for i in range(7)]
+    everything = sorted((w.name, lv) for w in work for lv in levels)
+    for world in (2, 3):
+        out = shares(work, world)
+        assert out == shares(work, world)  # the same split on every rank
+        assert sorted(p for share in out for p in share) == everything  # each pair once
+        loads = [sum(w.cost([lv for n, lv in share if n == w.name]) for w in work if any(n == w.name for n, _ in share))
+                 for share in out]
+        assert max(loads) - min(loads) <= max(w.cost(levels) for w in work) / 2  # within half the costliest weight
+    two = shares(work, 2)
+    assert all(sum(any(n == w.name for n, _ in share) for share in two) == 1 for w in work)  # whole weights: one set-up
+    assert shares(work, 1) == [set(everything)]
+    # one weight worth most of the work is cut into pieces; its free level 0 rides with the first piece
+    big = [WeightWork("big", levels, 0.0, 100.0), WeightWork("small", levels, 0.0, 1.0)]
+    split = shares(big, 2)
+    assert all(any(n == "big" for n, _ in share) for share in split)
+    assert sorted(p for share in split for p in share) == sorted((w.name, lv) for w in big for lv in levels)
 
 
 @pytest.mark.parametrize("sense_type", ["element", "filter"])

@@ -455,3 +455,20 @@ def test_narrow_convs_run_by_taps_when_measured_faster(monkeypatch, taps_faster,
     assert len(convs) == 1 + taps_faster * n_batches * changed * (2 + (not stack_levels))
     plain = sensitivity_analysis(model, None, ev, "element", fast_kernels=False, progress=False)
     pd.testing.assert_frame_equal(fast, plain, rtol=1e-5, atol=1e-8)
+
+
+def test_sensitivity_costs_are_measured_per_node_and_split_at_the_pruned_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 1, 3, padding=1)).eval()
+    runner = evaluators.try_trace(model)
+    seconds = runner.node_seconds(torch.rand(1, 1, 16, 16))
+    assert len(seconds) == len(runner.nodes) and seconds[0] == 0.0 and seconds[-1] == 0.0
+    assert all(t > 0 for t in seconds[runner.body:-1])
+    params = dict(model.named_parameters())
+    evaluation = Evaluation([(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16))] * 3, mse_metrics)
+    cached = evaluators.CachedEvaluation(runner, evaluation, model, params, "contiguous", False)
+    cached.node_costs = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 0.0]  # input, 5 layers, output
+    assert cached.cost(["2.weight"]) == (3 * (1.0 + 2.0), 3 * (3.0 + 4.0 + 5.0))  # 3 batches
+    assert cached.cost(["0.weight", "4.weight"]) == (0.0, 3 * 15.0)  # from the first layer either reads
+    assert evaluators.WholeModel(model, evaluation, params).cost(["2.weight"]) == (0.0, 1.0)
