@@ -168,10 +168,19 @@ def rebuild_model(ckpt: dict[str, Any], build: Callable[[str, dict[str, Any]], n
 
 def base_record(ckpt: dict[str, Any]) -> dict[str, Any] | None:
     """The 'base' of a run starting from `ckpt`'s weights: the structure its schedule (and its own base) gave
-    the model, replayed by `rebuild_model` before the new run's schedule; None for a never-compressed model."""
+    the model, replayed by `rebuild_model` before the new run's schedule; None for a never-compressed model.
+    Of the scheduler state only the structural components' (thinning recipes) are kept: no masks, no teacher
+    copy or connectors of a distiller, no pruner state, which the replay drops anyway."""
+    from compress.scheduler import STRUCTURAL_KINDS
+
     if not ckpt.get("schedule"):
         return ckpt.get("base")
-    return {"schedule": ckpt["schedule"], "scheduler": ckpt.get("scheduler"), "base": ckpt.get("base")}
+    state = ckpt.get("scheduler")
+    if state is not None:
+        state = {**state, "masks": {"masks": {}},
+                 "policies": {key: value for key, value in (state.get("policies") or {}).items()
+                              if key.split(":", 1)[0] in STRUCTURAL_KINDS}}
+    return {"schedule": ckpt["schedule"], "scheduler": state, "base": ckpt.get("base")}
 
 
 def _replay_base(model: nn.Module, base: dict[str, Any], dummy_input: torch.Tensor | None) -> None:

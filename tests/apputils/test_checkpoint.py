@@ -166,3 +166,17 @@ def test_rebuild_quantized_model_for_inference_gives_the_same_outputs(tmp_path):
     torch.testing.assert_close(rebuilt(x), model(x))
     saved = sched.state_dict()["policies"]["lr_scheduler:lr"]
     assert saved["last_epoch"] == 2 and rsched.state_dict()["policies"]["lr_scheduler:lr"] == saved
+
+
+def test_base_record_keeps_the_structure_only():
+    from apputils.checkpoint import base_record
+
+    teacher = {"model.weight": torch.ones(64, 64)}
+    ckpt = {"schedule": {"version": 1}, "base": None, "scheduler": {
+        "version": 1, "masks": {"masks": {"conv.weight": torch.ones(3)}, "grad_masked": ["conv.weight"]},
+        "policies": {"distiller:kd": {"teacher": teacher}, "pruner:p": {"level": 0.5},
+                     "extension:thin": {"recipes": [{"kind": "filters"}]}}}}
+    base = base_record(ckpt)
+    assert base["schedule"] == {"version": 1} and base["scheduler"]["masks"] == {"masks": {}}
+    assert base["scheduler"]["policies"] == {"extension:thin": {"recipes": [{"kind": "filters"}]}}
+    assert base_record({"schedule": None, "base": base}) is base  # a never-compressed model passes its base on

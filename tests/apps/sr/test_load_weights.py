@@ -66,6 +66,9 @@ def test_a_thinned_checkpoint_keeps_its_structure_through_the_new_schedule_resum
     assert train(["--optform=SR", "--resume", "checkpoints/agp/latest.pth", "--nEpochs", "2"]) == 0
     new = load(in_process / "checkpoints/agp/latest.pth")
     assert new["epoch"] == 1 and new["base"]["schedule"] == thin["schedule"]
+    kept = new["base"]["scheduler"]  # the thinning recipes only: no masks, no pruner state
+    assert kept["masks"] == {"masks": {}} and set(kept["policies"]) == {
+        key for key in thin["scheduler"]["policies"] if key.startswith("extension:")} != set()
     assert entry_main("test")(["--optform=SR", "--model", "checkpoints/agp/latest.pth", "--testdata", "val"]) == 0
 
 
