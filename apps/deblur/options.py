@@ -47,6 +47,16 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _steps(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an int") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _dropout(text: str) -> float:
     value = _non_negative(text)
     if value >= 1:
@@ -109,6 +119,9 @@ class TrainOptions:
         g.add_argument("--lr", type=positive(float), default=None,
                        help="Adam learning rate of the generator and the critic (default: DeblurGAN's 1e-4 with "
                             "the critic, 1e-3 with --gan off)")
+        g.add_argument("--warmup_iters", type=_steps, default=100,
+                       help="the LR rises linearly over the first N generator steps of a new run (an untrained "
+                            "generator's first full-LR steps push it far from its input; 0: off)")
         g.add_argument("--decay_epochs", type=int, default=None,
                        help="the LR falls linearly to 0 over the last N epochs, as DeblurGAN's second half "
                             "(default: half of --nEpochs; 0: constant). A schedule with lr_schedulers drives "

@@ -4,8 +4,9 @@ with the compression scheduler's hooks on the generator, which is what is compre
 Per minibatch, as DeblurGAN: the generator deblurs the batch; the critic takes `critic_iters` steps on
 that batch (WGAN loss + gradient penalty); the generator then takes one step on content_weight x content
 loss + adversarial loss. The scheduler's minibatch hooks wrap the generator's step. `--gan off` trains on
-the content loss alone. The LR stays at --lr, then falls linearly over the last --decay_epochs (as
-DeblurGAN's second half), unless the schedule has its own LR schedulers for the generator.
+the content loss alone. The LR rises linearly over the run's first --warmup_iters generator steps, stays at
+--lr, then falls linearly over the last --decay_epochs (as DeblurGAN's second half), unless the schedule has
+its own LR schedulers for the generator.
 """
 from __future__ import annotations
 
@@ -189,7 +190,11 @@ class Trainer(AppTrainer):
         return critic, self._adam(critic)
 
     def _set_lr(self, epoch: int) -> None:
+        """The LR of this epoch (and of this step, while warming up) for the critic, and for the generator
+        unless the schedule drives its LR."""
         factor = lr_factor(epoch, self.opt.nEpochs, self.opt.decay_epochs)
+        if self.global_step < self.opt.warmup_iters:
+            factor *= (self.global_step + 1) / self.opt.warmup_iters
         sched = self.compression_scheduler
         optimizers = [self.adversary.optimizer if self.adversary is not None else None]
         if sched is None or not sched.schedule.get("lr_schedulers"):
@@ -212,6 +217,8 @@ class Trainer(AppTrainer):
         bar = self.epoch_bar(epoch)
         for i, batch in enumerate(bar):
             blur, sharp = batch["blur"].to(self.device), batch["sharp"].to(self.device)
+            if 0 < self.global_step <= self.opt.warmup_iters:
+                self._set_lr(epoch)
             if sched is not None:
                 sched.on_minibatch_begin(epoch, i, n, self.optimizer)
             fake = self.net(blur)

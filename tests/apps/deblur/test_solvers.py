@@ -25,7 +25,7 @@ def _opt(**kw):
                 blur_size=5, noise=1.0, batchSize=2, testBatchSize=1, nEpochs=2, iters_per_epoch=2, lr=1e-3,
                 decay_epochs=None, compress=None, gan="wgan-gp", content_weight=100.0, perceptual_weights=None,
                 critic_iters=2, gp_weight=10.0, ndf=4, save="unit", checkpoint_dir="checkpoints", resume=None,
-                print_freq=1, given=[], kd_teacher=None)
+                print_freq=1, given=[], kd_teacher=None, warmup_iters=0)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -68,12 +68,29 @@ def test_content_only_training_has_no_critic(workdir):
     assert ck["networks"] == {} and tuple(ck["optimizer"]["param_groups"][0]["betas"]) == (0.9, 0.999)
 
 
+def test_warmup_raises_both_lrs_step_by_step_then_the_epoch_curve_takes_over(workdir):
+    opt = _opt(warmup_iters=3)  # 2 epochs x 2 steps; the second epoch is the decay epoch (factor 1/2)
+    trainer = _small_validation(Trainer(opt, *build_train_loaders(opt)))
+    seen = []
+    step = trainer.optimizer_step
+
+    def recording(*args):
+        seen.append((trainer.optimizer.param_groups[0]["lr"], trainer.adversary.optimizer.param_groups[0]["lr"]))
+        return step(*args)
+
+    trainer.optimizer_step = recording
+    trainer.run()
+    expected = [1e-3 / 3, 2e-3 / 3, 1e-3 / 2, 1e-3 / 2]
+    assert seen == [(pytest.approx(lr), pytest.approx(lr)) for lr in expected]
+
+
 def test_resuming_repeats_an_uninterrupted_run_exactly(workdir):
-    full = _opt(nEpochs=3, save="full", dropout=0.5)  # dropout: the random state must resume too
+    # dropout: the random state must resume too; the warm-up spans the resume point (step 2 of 3)
+    full = _opt(nEpochs=3, save="full", dropout=0.5, warmup_iters=3)
     _small_validation(Trainer(full, *build_train_loaders(full))).run()
-    first = _opt(nEpochs=1, save="part", dropout=0.5)
+    first = _opt(nEpochs=1, save="part", dropout=0.5, warmup_iters=3)
     _small_validation(Trainer(first, *build_train_loaders(first))).run()
-    resumed = _opt(nEpochs=3, save="part", dropout=0.5, resume="checkpoints/part/latest.pth")
+    resumed = _opt(nEpochs=3, save="part", dropout=0.5, warmup_iters=3, resume="checkpoints/part/latest.pth")
     _small_validation(Trainer(resumed, *build_train_loaders(resumed))).run()
     a, b = (torch.load(f"checkpoints/{r}/latest.pth", weights_only=True) for r in ("full", "part"))
     for key in ("model", "optimizer"):
