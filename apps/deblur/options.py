@@ -48,13 +48,10 @@ def _non_negative(text: str) -> float:
 
 
 def _steps(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an int") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+    value = _non_negative(text)
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"must be a whole number of steps, got {text}")
+    return int(value)
 
 
 def _dropout(text: str) -> float:

@@ -33,7 +33,8 @@ def test_bad_files_and_values_are_refused(tmp_path, monkeypatch, argv, expect):
         TrainOptions().parse(["--optform=Deblur", *argv])
 
 
-@pytest.mark.parametrize("argv", [["--gan", "lsgan"], ["--dropout", "1"], ["--noise", "-1"], ["--norm", "group"]])
+@pytest.mark.parametrize("argv", [["--gan", "lsgan"], ["--dropout", "1"], ["--noise", "-1"], ["--norm", "group"],
+                                  ["--warmup_iters", "-1"], ["--warmup_iters", "2.5"]])
 def test_invalid_values_exit_with_usage(argv, capsys):
     with pytest.raises(SystemExit):
         TrainOptions().parse(["--optform=Deblur", *argv])
