@@ -1,9 +1,10 @@
 """Deblurring quality benchmark: the DeblurGAN-CPU generator vs the blurred input, and what compression costs.
 
 Fixed iteration budgets, not wall-clock. For each seed a dense generator (`--model` preset) trains
-`--dense_iters` minibatches on the content loss (L1 x 100, Adam, cosine LR from --lr to 1% of it) on the
-embedded photographs with synthetic camera-shake blur (the app's data: --crop_size crops, --blur_size
-kernels); the process CPU time of that training is printed (target: at most 30 minutes with one thread).
+`--dense_iters` minibatches on the content loss (L1 x 100, Adam, LR rising linearly over --warmup steps,
+then a cosine from --lr to 1% of it) on the embedded photographs with synthetic camera-shake blur (the app's
+data: --crop_size crops, --blur_size kernels); the process CPU time of that training is printed (target: at
+most 30 minutes with one thread).
 Every variant then starts from that dense generator with the same `--finetune_iters` budget, data stream
 and LR curve:
 - dense: fine-tuned without compression (the equally trained reference every drop is measured against);
@@ -24,11 +25,14 @@ fixed kernels; `--split validation` scores the validation photograph instead, fo
 and sharpness = gradient energy of the output / that of the sharp image (1 = as sharp, the blurred input
 is far below). Means over `--seeds` with each seed's value; seeds can run in parallel (`--jobs`).
 Latency: FP32 ONNX of the dense and the thinned generator (and the INT8 models) in ONNX Runtime, 1 x 3 x
---size x --size, --threads intra-op threads, runs interleaved, medians (seed 0's models).
+--size x --size, --threads intra-op threads, runs interleaved, medians (seed 0's models); then ONNX
+Runtime's own profile of the dense and the thinned model: time per op type, the share inside the residual
+blocks (all that thinning their inner filters shrinks) and the speed-up that bounds.
 
 Run by hand (not in CI), e.g.:
     python bench/deblur_quality.py --threads 1                        # the README's table
     python bench/deblur_quality.py --dense_iters 200 --finetune_iters 40 --seeds 0 --variants dense   # a quick look
+    python bench/deblur_quality.py --threads 1 --seeds 0 --dense_iters 500 --curve 100 --warmup 0     # a recipe's curve
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import statistics
 import sys
@@ -80,9 +85,10 @@ def shipped(variant: str) -> dict[str, Any]:
 
 
 def train(gen: nn.Module, schedule: dict | None, iters: int, args: argparse.Namespace, data_seed: int,
-          adversary: Adversary | None = None) -> tuple[nn.Module, Any, float]:
-    """`iters` generator steps (cosine LR from --lr, --gan_lr with a critic, to 1% of it) with the schedule's
-    hooks, in EPOCHS epochs; returns the generator, its scheduler and the process CPU seconds it took."""
+          adversary: Adversary | None = None, warmup: int = 0) -> tuple[nn.Module, Any, float]:
+    """`iters` generator steps (cosine LR from --lr, --gan_lr with a critic, to 1% of it, after `warmup` steps
+    of linear warm-up) with the schedule's hooks, in EPOCHS epochs; returns the generator, its scheduler and
+    the process CPU seconds it took."""
     cpu0 = time.process_time()
     per = max(iters // EPOCHS, 1)
     data = get_training_set(None, crop_size=args.crop_size, length=per * args.batch, seed=data_seed,
@@ -91,8 +97,12 @@ def train(gen: nn.Module, schedule: dict | None, iters: int, args: argparse.Name
     opt = adam(gen, args.gan_lr if adversary is not None else args.lr, adversary is not None)
     sched = compress.dict_config(gen, opt, schedule, dummy_input=dummy_input()) if schedule else None
 
+    curve = Curve(gen, args) if schedule is None and adversary is None and getattr(args, "curve", 0) else None
+
     def loss_of(b: dict[str, torch.Tensor]) -> torch.Tensor:
         fake = gen(b["blur"])
+        if curve is not None:
+            curve.add(b, fake)
         loss = args.content_weight * nn.functional.l1_loss(fake, b["sharp"])
         if adversary is None:
             return loss
@@ -100,8 +110,30 @@ def train(gen: nn.Module, schedule: dict | None, iters: int, args: argparse.Name
         return loss + adversary.generator_loss(fake)
 
     gen.train()
-    cosine_loop(opt, sched, data, loader, EPOCHS, per, loss_of, (adversary.optimizer,) if adversary else ())
+    cosine_loop(opt, sched, data, loader, EPOCHS, per, loss_of, (adversary.optimizer,) if adversary else (), warmup)
     return gen.eval(), sched, time.process_time() - cpu0
+
+
+class Curve:
+    """--curve K: every K steps of a dense training, the PSNR gain over the blurred input on the training crops
+    of those K steps (each drawn fresh: photographs, crops and kernels the model has not seen) and on the
+    validation photograph; the figures a recipe is chosen by, without the test photographs."""
+
+    def __init__(self, gen: nn.Module, args: argparse.Namespace):
+        self.gen, self.every, self.validation = gen, args.curve, images("validation", args)
+        self.steps, self.err, self.blurred = 0, 0.0, 0.0
+
+    def add(self, batch: dict[str, torch.Tensor], fake: torch.Tensor) -> None:
+        self.err += float(((fake.detach() - batch["sharp"]) ** 2).mean())
+        self.blurred += float(((batch["blur"] - batch["sharp"]) ** 2).mean())
+        self.steps += 1
+        if self.steps % self.every == 0:
+            s = score(self.gen.eval(), self.validation)
+            self.gen.train()
+            print(f"step {self.steps}: gain over the blurred input {10 * math.log10(self.blurred / self.err):+.3f} dB "
+                  f"on steps {self.steps - self.every + 1}-{self.steps}'s training crops, "
+                  f"{s['psnr'] - s['blurred_psnr']:+.3f} dB on the validation photograph", flush=True)
+            self.err = self.blurred = 0.0
 
 
 def images(split: str, args: argparse.Namespace) -> torch.utils.data.DataLoader:
@@ -141,6 +173,46 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def node_ms(path: Path, x: np.ndarray, threads: int, runs: int) -> dict[str, tuple[str, float]]:
+    """ONNX Runtime's own profile of `runs` runs: node name -> (op type, mean ms per run)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.with_suffix(""))
+    s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        s.run(None, {"input": x})
+    events = json.loads(Path(s.end_profiling()).read_text())
+    out: dict[str, tuple[str, float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            name = e["name"].removesuffix("_kernel_time")
+            out[name] = (e["args"]["op_name"], out.get(name, ("", 0.0))[1] + e["dur"] / 1000 / runs)
+    return out
+
+
+def where_the_time_goes(onnx: dict[str, str], x: np.ndarray, args: argparse.Namespace) -> None:
+    """Per op type, the dense and the thinned generator's ONNX Runtime time, and the speed-up that thinning
+    half of the residual blocks' inner filters can give at most: the time outside the blocks stays."""
+    for name in ("dense", "filters 50% + thinning"):
+        if name not in onnx:
+            continue
+        nodes = node_ms(Path(onnx[name]), x, args.threads, max(args.runs // 3, 5))
+        by_op: dict[str, float] = {}
+        for op, ms in nodes.values():
+            by_op[op] = by_op.get(op, 0.0) + ms
+        total = sum(by_op.values())
+        blocks = sum(ms for node, (_, ms) in nodes.items() if "conv_block" in node)
+        top = max(nodes.items(), key=lambda kv: kv[1][1])
+        print(f"ONNX Runtime profile, {name}: {total:.1f} ms per run; " +
+              ", ".join(f"{op} {ms:.1f}" for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1]) if ms >= 0.5) +
+              f"; inside the residual blocks {blocks:.1f} ms ({100 * blocks / total:.0f}%); costliest node {top[0]} "
+              f"({top[1][0]}, {top[1][1]:.1f} ms)")
+        if name == "dense":
+            print(f"  halving the work inside the residual blocks bounds the thinned speed-up at "
+                  f"{total / (total - blocks / 2):.2f}x")
+
+
 def describe(model: nn.Module, side: int) -> dict[str, float]:
     dense, effective = model_macs(model, torch.zeros(1, 3, side, side))
     return {"params": sum(p.numel() for p in model.parameters()),
@@ -161,7 +233,7 @@ def dense_model(args: argparse.Namespace, seed: int) -> tuple[nn.Module, float]:
     """The seed's dense generator and the CPU seconds its training took (as recorded when it was trained),
     from --cache when a run with the same training arguments saved it there."""
     recipe = [args.model, args.dense_iters, args.batch, args.crop_size, args.blur_size, args.noise, args.lr,
-              args.content_weight, args.threads, seed]
+              args.content_weight, args.threads, seed] + ([args.warmup] if args.warmup else [])
     key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:20]
     path = Path(args.cache) / f"dense_{key}.pt" if args.cache else None
     torch.manual_seed(seed)
@@ -170,7 +242,7 @@ def dense_model(args: argparse.Namespace, seed: int) -> tuple[nn.Module, float]:
         saved = torch.load(path, weights_only=True)
         dense.load_state_dict(saved["model"])
         return dense.eval(), float(saved["cpu_s"])
-    dense, _, cpu = train(dense, None, args.dense_iters, args, seed)
+    dense, _, cpu = train(dense, None, args.dense_iters, args, seed, warmup=args.warmup)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": dense.state_dict(), "cpu_s": cpu}, path)
@@ -296,13 +368,16 @@ def _targets(results: list[dict[str, Any]], latencies: dict[str, float]) -> None
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="DeblurGAN-CPU", choices=list(PRESETS))
-    p.add_argument("--dense_iters", type=int, default=2000)
+    p.add_argument("--dense_iters", type=int, default=2400)
     p.add_argument("--finetune_iters", type=int, default=400)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop_size", type=int, default=64)
     p.add_argument("--blur_size", type=int, default=15)
     p.add_argument("--noise", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100,
+                   help="dense training: the LR rises linearly over the first N steps (chosen on validation: without "
+                        "it the untrained generator's first steps move it far from its input)")
     p.add_argument("--content_weight", type=float, default=100.0)
     p.add_argument("--critic_iters", type=int, default=5)
     p.add_argument("--ndf", type=int, default=16, help="critic width (the app's default for DeblurGAN-CPU)")
@@ -315,12 +390,22 @@ def main() -> None:
     p.add_argument("--split", default="test", choices=["test", "validation"],
                    help="score the test photographs, or the validation photograph (to choose a recipe)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--curve", type=int, default=0, metavar="K",
+                   help="only train the dense generator, printing its gain on the training crops and on the "
+                        "validation photograph every K steps (to choose a recipe)")
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="keep the dense generators here and reuse them in a later run with the same training "
                         "arguments (the figures are the same with or without it)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
+    if args.curve:
+        for seed in args.seeds:
+            torch.manual_seed(seed)
+            _, _, cpu = train(ResnetGenerator(**PRESETS[args.model]), None, args.dense_iters, args, seed,
+                              warmup=args.warmup)
+            print(f"seed {seed}: {cpu / 60:.1f} CPU minutes (with the validation scoring)")
+        return
     with tempfile.TemporaryDirectory() as folder:
         if args.jobs > 1:
             with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
@@ -334,6 +419,7 @@ def main() -> None:
         runners = [(lambda s=s: s.run(None, {"input": x})) for s in sessions]
         times = interleaved(runners, args.runs) if runners else []
         latencies = {(f"{n}, INT8 ONNX Runtime" if n in INT8 else n): 1000 * t for n, t in zip(names, times, strict=True)}
+        where_the_time_goes(onnx, x, args)
     report(results, latencies, args)
     print(f"total {time.time() - t0:.0f} s wall")
 

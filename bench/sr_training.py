@@ -15,9 +15,10 @@ from apps.sr.evaluation import model_input
 
 def cosine_loop(opt: torch.optim.Optimizer, sched: compress.CompressionScheduler | None, data: Any,
                 loader: Iterable[Any], epochs: int, per: int, loss_of: Callable[[Any], torch.Tensor],
-                others: tuple[torch.optim.Optimizer, ...] = ()) -> None:
+                others: tuple[torch.optim.Optimizer, ...] = (), warmup: int = 0) -> None:
     """`epochs` x `per` steps of `opt` on loss_of(batch) with the schedule's hooks; the LR of every group (and
-    of the `others` optimizers) follows a cosine from its starting value to 1% of it."""
+    of the `others` optimizers) follows a cosine from its starting value to 1% of it, scaled up linearly over
+    the first `warmup` steps."""
     base_lrs = [[g["lr"] for g in o.param_groups] for o in (opt, *others)]  # after the schedule (PACT groups)
     total, step = per * epochs, 0
     for epoch in range(epochs):
@@ -25,7 +26,7 @@ def cosine_loop(opt: torch.optim.Optimizer, sched: compress.CompressionScheduler
         if sched:
             sched.on_epoch_begin(epoch, opt)
         for i, b in enumerate(loader):
-            factor = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / total))
+            factor = (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / total))) * min(1.0, (step + 1) / max(warmup, 1))
             for o, bases in zip((opt, *others), base_lrs, strict=True):
                 for group, base in zip(o.param_groups, bases, strict=True):
                     group["lr"] = base * factor
