@@ -30,7 +30,7 @@ Runtime's own profile of the dense and the thinned model: time per op type, the 
 blocks (all that thinning their inner filters shrinks) and the speed-up that bounds.
 
 Run by hand (not in CI), e.g.:
-    python bench/deblur_quality.py --threads 1                        # the README's table
+    python bench/deblur_quality.py --threads 1 --seeds 0             # every variant (the README splits it in two)
     python bench/deblur_quality.py --dense_iters 200 --finetune_iters 40 --seeds 0 --variants dense   # a quick look
     python bench/deblur_quality.py --threads 1 --seeds 0 --dense_iters 500 --curve 100 --warmup 0     # a recipe's curve
 """
@@ -85,10 +85,11 @@ def shipped(variant: str) -> dict[str, Any]:
 
 
 def train(gen: nn.Module, schedule: dict | None, iters: int, args: argparse.Namespace, data_seed: int,
-          adversary: Adversary | None = None, warmup: int = 0) -> tuple[nn.Module, Any, float]:
+          adversary: Adversary | None = None, warmup: int = 0, curve: Curve | None = None
+          ) -> tuple[nn.Module, Any, float]:
     """`iters` generator steps (cosine LR from --lr, --gan_lr with a critic, to 1% of it, after `warmup` steps
-    of linear warm-up) with the schedule's hooks, in EPOCHS epochs; returns the generator, its scheduler and
-    the process CPU seconds it took."""
+    of linear warm-up) with the schedule's hooks, in EPOCHS epochs, each step's output shown to `curve`;
+    returns the generator, its scheduler and the process CPU seconds it took."""
     cpu0 = time.process_time()
     per = max(iters // EPOCHS, 1)
     data = get_training_set(None, crop_size=args.crop_size, length=per * args.batch, seed=data_seed,
@@ -96,8 +97,6 @@ def train(gen: nn.Module, schedule: dict | None, iters: int, args: argparse.Name
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch, drop_last=True)
     opt = adam(gen, args.gan_lr if adversary is not None else args.lr, adversary is not None)
     sched = compress.dict_config(gen, opt, schedule, dummy_input=dummy_input()) if schedule else None
-
-    curve = Curve(gen, args) if schedule is None and adversary is None and getattr(args, "curve", 0) else None
 
     def loss_of(b: dict[str, torch.Tensor]) -> torch.Tensor:
         fake = gen(b["blur"])
@@ -233,7 +232,7 @@ def dense_model(args: argparse.Namespace, seed: int) -> tuple[nn.Module, float]:
     """The seed's dense generator and the CPU seconds its training took (as recorded when it was trained),
     from --cache when a run with the same training arguments saved it there."""
     recipe = [args.model, args.dense_iters, args.batch, args.crop_size, args.blur_size, args.noise, args.lr,
-              args.content_weight, args.threads, seed] + ([args.warmup] if args.warmup else [])
+              args.content_weight, args.threads, seed] + ([args.warmup] if args.warmup else [])  # older keys stay
     key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:20]
     path = Path(args.cache) / f"dense_{key}.pt" if args.cache else None
     torch.manual_seed(seed)
@@ -402,8 +401,8 @@ def main() -> None:
     if args.curve:
         for seed in args.seeds:
             torch.manual_seed(seed)
-            _, _, cpu = train(ResnetGenerator(**PRESETS[args.model]), None, args.dense_iters, args, seed,
-                              warmup=args.warmup)
+            gen = ResnetGenerator(**PRESETS[args.model])
+            _, _, cpu = train(gen, None, args.dense_iters, args, seed, warmup=args.warmup, curve=Curve(gen, args))
             print(f"seed {seed}: {cpu / 60:.1f} CPU minutes (with the validation scoring)")
         return
     with tempfile.TemporaryDirectory() as folder:

@@ -84,10 +84,8 @@ def _analyse(plan: Plan, evaluator: Evaluator, progress: bool) -> list[dict[str,
     """
     baseline = evaluator.baseline()
     rows: list[dict[str, Any]] = []
-    world = distributed.world_size()
-    work = [WeightWork(name, plan.levels, *evaluator.cost(plan.members(name))) for name in plan.names] \
-        if world > 1 else [WeightWork(name, plan.levels, 0.0, 1.0) for name in plan.names]
-    mine = shares(work, world)[distributed.rank()]
+    work = [WeightWork(name, plan.levels, *evaluator.cost(plan.members(name))) for name in plan.names]
+    mine = shares(work, distributed.world_size())[distributed.rank()]
     my_levels: dict[str, set[float]] = {}
     for name, level in mine:
         my_levels.setdefault(name, set()).add(level)
@@ -121,6 +119,7 @@ class WeightWork:
     per_level: float
 
     def cost(self, levels: Sequence[float]) -> float:
+        """What analysing `levels` of this weight on one rank costs."""
         return self.setup + self.per_level * sum(1 for lv in levels if lv > 0)
 
 
@@ -133,9 +132,6 @@ def shares(work: Sequence[WeightWork], world: int) -> list[set[tuple[str, float]
     same costs (rank 0's measurements).
     """
     out: list[set[tuple[str, float]]] = [set() for _ in range(world)]
-    if world == 1:
-        out[0] = {(w.name, lv) for w in work for lv in w.levels}
-        return out
     limit = sum(w.cost(w.levels) for w in work) / world / 2
     pieces: list[tuple[float, int, str, list[float]]] = []
     for order, w in enumerate(work):

@@ -85,10 +85,14 @@ def choose_kernels(runner: PartialRunner, x: Any, repeats: int = 3) -> None:
 
 def node_costs(runner: PartialRunner, x: Any, repeats: int = 2) -> list[float]:
     """Seconds each traced node takes on `x` (best of `repeats`), as the runner now runs it: what a step
-    costs from any node on. Rank 0's figures on every rank, so every rank shares the analysis out alike."""
-    with torch.no_grad():
-        runs = [runner.node_seconds(x) for _ in range(repeats)]
-    return distributed.broadcast_object([min(times) for times in zip(*runs, strict=True)])
+    costs from any node on. Measured on rank 0 only (the others would disturb its timing) and sent to every
+    rank, so every rank shares the analysis out alike."""
+    best: list[float] = []
+    if distributed.is_main():
+        with torch.no_grad():
+            runs = [runner.node_seconds(x) for _ in range(repeats)]
+        best = [min(times) for times in zip(*runs, strict=True)]
+    return distributed.broadcast_object(best)
 
 
 def best_times(functions: Sequence[Callable[[Any], Any]], value: Any, repeats: int) -> list[float]:
