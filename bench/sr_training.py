@@ -11,6 +11,7 @@ from torch import nn
 import compress
 from apps.sr.data import get_training_set
 from apps.sr.evaluation import model_input
+from apps.sr.solver import TASK_LOSSES
 
 
 def cosine_loop(opt: torch.optim.Optimizer, sched: compress.CompressionScheduler | None, data: Any,
@@ -49,16 +50,17 @@ def cosine_loop(opt: torch.optim.Optimizer, sched: compress.CompressionScheduler
 
 def train_sr(model: nn.Module, schedule: dict[str, Any] | None, iters: int, lr: float, *, scale: int, crop: int,
              batch: int, seed: int, epochs: int, dummy_input: torch.Tensor | None = None,
-             teachers: dict[str, nn.Module] | None = None) -> tuple[nn.Module, compress.CompressionScheduler | None]:
-    """`iters` Adam steps on the embedded photographs, cosine LR from each group's `lr` to 1% of it, split
-    into `epochs` scheduler epochs, with the schedule's hooks (none when `schedule` is None); `teachers`
-    are the distillation teachers the schedule may name."""
+             teachers: dict[str, nn.Module] | None = None,
+             loss: str = "mse") -> tuple[nn.Module, compress.CompressionScheduler | None]:
+    """`iters` Adam steps of the `loss` task loss on the embedded photographs, cosine LR from each group's
+    `lr` to 1% of it, split into `epochs` scheduler epochs, with the schedule's hooks (none when `schedule`
+    is None); `teachers` are the distillation teachers the schedule may name."""
     per = max(iters // epochs, 1)
     data = get_training_set(scale, None, crop_size=crop, length=per * batch, seed=seed)
     loader = torch.utils.data.DataLoader(data, batch_size=batch, drop_last=True)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = compress.dict_config(model, opt, schedule, dummy_input=dummy_input, teachers=teachers) if schedule else None
     model.train()
-    cosine_loop(opt, sched, data, loader, epochs, per,
-                lambda b: nn.functional.mse_loss(model(model_input(model, b, "cpu")), b["hr"]))
+    criterion = TASK_LOSSES[loss]()
+    cosine_loop(opt, sched, data, loader, epochs, per, lambda b: criterion(model(model_input(model, b, "cpu")), b["hr"]))
     return model.eval(), sched

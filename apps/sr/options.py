@@ -26,6 +26,7 @@ from apps.common.options import (
 from apputils.checkpoint import load_checkpoint
 
 from .models import MODELS
+from .solver import TASK_LOSSES
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class TrainOptions:
         g = p.add_argument_group("optimisation")
         add_loop_options(g)
         g.add_argument("--lr", type=positive(float), default=1e-3, help="Adam learning rate")
+        g.add_argument("--loss", default="mse", choices=list(TASK_LOSSES),
+                       help="task loss against the HR image: mse (mean squared error) or l1 (mean absolute error, "
+                            "the better fine-tuning loss for a quantized model; see the README)")
         g.add_argument("--compress", default=None, metavar="YAML",
                        help="compression schedule, e.g. schedules/sr/agp_prune.yaml (default: dense training)")
         add_kd_options(g, KD_EXAMPLE)

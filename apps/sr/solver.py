@@ -20,6 +20,9 @@ from .evaluation import evaluate, mean_scores, model_input
 from .models import MODELS, build_model
 from .teacher import OtherInputTeacher
 
+#: --loss: the task loss against the HR image
+TASK_LOSSES: dict[str, type[nn.Module]] = {"mse": nn.MSELoss, "l1": nn.L1Loss}
+
 log = logging.getLogger(__name__)
 
 APP = "SR"
@@ -82,8 +85,8 @@ class Trainer(AppTrainer):
         return {KD_TEACHER: teacher if kind == student_kind else OtherInputTeacher(teacher, scale, student_kind)}
 
     def build_model(self) -> None:
-        """Model, loss (MSE), optimizer (Adam) and the compression scheduler; restored when resuming."""
-        self.criterion = nn.MSELoss()
+        """Model, loss (--loss), optimizer (Adam) and the compression scheduler; restored when resuming."""
+        self.criterion = TASK_LOSSES[self.opt.loss]()
         teachers = self.teachers()
         if self.opt.resume:
             ckpt = self.load_resume()

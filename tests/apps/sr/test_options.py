@@ -44,11 +44,15 @@ def test_resume_keeps_checkpoint_options_but_allows_more_epochs(tmp_path, monkey
     assert opt.upscale_factor == 3 and opt.lr == 0.01 and opt.save == "old" and opt.checkpoint_dir == "checkpoints"
     assert opt.nEpochs == 9 and opt.print_freq == 7
     assert "--lr 0.5 ignored" in caplog.text
+    _ckpt(tmp_path / "checkpoints/old/l1.pth", loss="l1")
+    opt = TrainOptions().parse(["--optform=SR", "--resume", "checkpoints/old/l1.pth"])
+    assert opt.loss == "l1"  # a run fine-tuned with l1 resumes with l1; older checkpoints (no loss) keep mse
+    assert TrainOptions().parse(["--optform=SR", "--resume", "checkpoints/old/c.pth"]).loss == "mse"
 
 
 def test_bad_values_are_refused(capsys):
     for argv in (["--optform=SR", "--lr", "-1"], ["--optform=SR", "--model", "VDSR"],
-                 ["--optform=SR", "--upscale_factor", "x"]):
+                 ["--optform=SR", "--upscale_factor", "x"], ["--optform=SR", "--loss", "huber"]):
         with pytest.raises(SystemExit) as exc:
             TrainOptions().parse(argv)
         assert exc.value.code == 2

@@ -55,7 +55,7 @@ def data(tmp_path, monkeypatch):
 def _opt(**kw):
     base = dict(optform="SR", device="cpu", threads=0, seed=1, logdir="logs", model="C2SRCNN", upscale_factor=2,
                 traindata="imgs", testdata=None, crop_size=16, batchSize=2, testBatchSize=1, nEpochs=2,
-                iters_per_epoch=3, lr=1e-3, compress=None, save="unit", checkpoint_dir="checkpoints", resume=None,
+                iters_per_epoch=3, lr=1e-3, loss="mse", compress=None, save="unit", checkpoint_dir="checkpoints", resume=None,
                 print_freq=1, given=[], kd_teacher=None)
     base.update(kw)
     return argparse.Namespace(**base)
@@ -103,6 +103,16 @@ def test_tester_reports_get_the_same_scores_as_the_test(data, monkeypatch):
     assert len(rows) == 5 and rows[-1].startswith("mean")
     sr = np.asarray(Image.open(data / "results/unit/0_x2_sr.png"))
     assert sr.shape == (40, 44, 3)
+
+
+@pytest.mark.parametrize(("loss", "expected"), [("mse", torch.nn.functional.mse_loss),
+                                              ("l1", torch.nn.functional.l1_loss)])
+def test_the_task_loss_is_the_one_loss_names(data, loss, expected):
+    opt = _opt(loss=loss)
+    trainer = Trainer(opt, *build_train_loaders(opt))
+    trainer.build_model()
+    out, hr = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    assert trainer.criterion(out, hr) == expected(out, hr)
 
 
 def test_a_new_run_moves_an_earlier_one_aside_when_it_starts_and_logs_it(data):
