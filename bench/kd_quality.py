@@ -196,8 +196,10 @@ def main() -> None:
     runs = Runs(args)
     start = time.perf_counter()
     losses = {row: args.finetune_loss or FINETUNE_LOSS.get(row, "mse") for row in ROWS}
-    settings = {row: (candidates(row, loss) if args.select else {chosen(row, loss): candidates(row, loss)[chosen(row, loss)]})
-                if row in args.rows else {} for row, loss in losses.items()}
+    settings: dict[str, dict[str, dict[str, Any]]] = {}  # per row in --rows: the distiller settings to train
+    for row in args.rows:
+        tried, pick = candidates(row, losses[row]), chosen(row, losses[row])
+        settings[row] = tried if args.select else {pick: tried[pick]}
     results: dict[str, list[dict[str, float]]] = {}
     ref_of: dict[str, str] = {}
 
