@@ -28,8 +28,8 @@ reuses it instead of training it again; the figures are the same with or without
 
 Run by hand (not in CI), e.g.:
     python bench/kd_quality.py --threads 1 --seeds 0 1 --cache /tmp/kd_cache
-    python bench/kd_quality.py --threads 1 --seeds 0 --select --finetune_loss mse --cache /tmp/kd_cache  # the selection,
-    python bench/kd_quality.py --threads 1 --seeds 0 --select --finetune_loss l1 --cache /tmp/kd_cache   # per loss
+    python bench/kd_quality.py --threads 1 --seeds 0 --select --finetune_loss mse --cache /tmp/kd_cache  # choose,
+    python bench/kd_quality.py --threads 1 --seeds 0 --select --finetune_loss l1 --cache /tmp/kd_cache   # each loss
     python bench/kd_quality.py --dense_iters 200 --finetune_iters 100 --edsr_iters 50 --seeds 0   # a quick look
 """
 from __future__ import annotations
@@ -121,7 +121,9 @@ class Runs:
         taken from the cache)."""
         a = self.args
         recipe = [make.__name__, a.scale, iters, a.lr, crop, a.batch, seed, init_seed, EPOCHS, schedule, a.threads,
-                  teacher_key, start is not None and _digest(start)] + ([loss] if loss != "mse" else [])  # MSE: old keys
+                  teacher_key, start is not None and _digest(start)]
+        if loss != "mse":  # MSE runs keep the keys they had before the loss was a choice (caches stay valid)
+            recipe.append(loss)
         recipe = json.dumps(recipe, sort_keys=True, default=str)
         key = hashlib.sha256(recipe.encode()).hexdigest()[:20]
         path = self.cache / f"{make.__name__}_{key}.pt" if self.cache else None

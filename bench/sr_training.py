@@ -27,7 +27,8 @@ def cosine_loop(opt: torch.optim.Optimizer, sched: compress.CompressionScheduler
         if sched:
             sched.on_epoch_begin(epoch, opt)
         for i, b in enumerate(loader):
-            factor = (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / total))) * min(1.0, (step + 1) / max(warmup, 1))
+            cosine = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / total))
+            factor = cosine * min(1.0, (step + 1) / max(warmup, 1))
             for o, bases in zip((opt, *others), base_lrs, strict=True):
                 for group, base in zip(o.param_groups, bases, strict=True):
                     group["lr"] = base * factor
@@ -62,5 +63,6 @@ def train_sr(model: nn.Module, schedule: dict[str, Any] | None, iters: int, lr: 
     sched = compress.dict_config(model, opt, schedule, dummy_input=dummy_input, teachers=teachers) if schedule else None
     model.train()
     criterion = TASK_LOSSES[loss]()
-    cosine_loop(opt, sched, data, loader, epochs, per, lambda b: criterion(model(model_input(model, b, "cpu")), b["hr"]))
+    cosine_loop(opt, sched, data, loader, epochs, per,
+                lambda b: criterion(model(model_input(model, b, "cpu")), b["hr"]))
     return model.eval(), sched

@@ -55,8 +55,8 @@ def data(tmp_path, monkeypatch):
 def _opt(**kw):
     base = dict(optform="SR", device="cpu", threads=0, seed=1, logdir="logs", model="C2SRCNN", upscale_factor=2,
                 traindata="imgs", testdata=None, crop_size=16, batchSize=2, testBatchSize=1, nEpochs=2,
-                iters_per_epoch=3, lr=1e-3, loss="mse", compress=None, save="unit", checkpoint_dir="checkpoints", resume=None,
-                print_freq=1, given=[], kd_teacher=None)
+                iters_per_epoch=3, lr=1e-3, loss="mse", compress=None, save="unit", checkpoint_dir="checkpoints",
+                resume=None, print_freq=1, given=[], kd_teacher=None)
     base.update(kw)
     return argparse.Namespace(**base)
 
