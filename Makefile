@@ -1,6 +1,6 @@
 # Quick start: `make demo` trains and tests a compressed SR model (`make demo-deblur`: a deblurring GAN);
-# `make test` runs the test suite.
-# Both create .venv and install what they need on first use.
+# `make test` runs the test suite; `make docs` builds the documentation site into site/.
+# Each creates .venv and installs what it needs on first use.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,7 +13,7 @@ DEMO_ARGS_TEST ?=
 DEBLUR_ARGS_TRAIN ?= --nEpochs 8 --iters_per_epoch 25 --batchSize 8
 DEBLUR_ARGS_TEST ?=
 
-.PHONY: demo demo-deblur test test-slow setup setup-dev example lint clean
+.PHONY: demo demo-deblur test test-slow setup setup-dev setup-docs example lint docs figures clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,13 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
+$(VENV)/.installed-docs: $(VENV)/.installed requirements-docs.txt
+	$(PY) -m pip install -q -r requirements-docs.txt
+	touch $@
+
 setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev
+setup-docs: $(VENV)/.installed-docs
 
 demo: $(VENV)/.installed
 	$(PY) train.py --optform=SR --compress=schedules/sr/agp_prune.yaml --save demo $(DEMO_ARGS_TRAIN)
@@ -52,5 +57,14 @@ test-slow: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 
+# The site's pictures: every docs/figures/NAME.py writes docs/figures/NAME.png.
+figures: $(VENV)/.installed
+	for script in docs/figures/*.py; do $(PY) $$script || exit 1; done
+
+# The documentation site (MkDocs + Material, API reference by mkdocstrings) into site/; --strict turns a
+# broken link, anchor or API reference into an error.
+docs: $(VENV)/.installed-docs figures
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf logs checkpoints results .pytest_cache
+	rm -rf logs checkpoints results site .pytest_cache

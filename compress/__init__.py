@@ -3,7 +3,7 @@
     import compress
     scheduler = compress.file_config(model, optimizer, "schedules/examples/agp_prune.yaml")
 
-then call the scheduler's hooks in your loop (see README and docs/architecture.md).
+then call the scheduler's hooks in your loop (see docs/own-loop.md).
 """
 from . import distillation, lr_schedulers, pruning, quantization, regularization, thinning  # noqa: F401  (register classes)
 from .config import dict_config, file_config

@@ -44,7 +44,7 @@ POLICY_ARGS: dict[str, dict[str, type | tuple[str, ...]]] = {
 def file_config(model: nn.Module, optimizer: torch.optim.Optimizer | None, path: str | Path, *,
                 dummy_input: torch.Tensor | None = None,
                 teachers: Mapping[str, nn.Module] | None = None) -> CompressionScheduler:
-    """Build a CompressionScheduler from a YAML schedule file (format: docs/architecture.md, classes: README).
+    """Build a CompressionScheduler from a YAML schedule file (format and classes: docs/schedules.md).
 
     `teachers` are the distillation teachers a `distillers:` section may name (besides `self`).
     """

@@ -44,7 +44,7 @@ class InSchedule(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         raise UserError(f"{option_string} is Distiller's option; here it is {self.key} "
-                        "(see README: Knowledge distillation)")
+                        "(see docs/distillation.md)")
 
 
 def add_kd_options(g: argparse.ArgumentParser | argparse._ArgumentGroup, example: str) -> None:

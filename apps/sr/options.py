@@ -67,7 +67,7 @@ class TrainOptions:
         g.add_argument("--lr", type=positive(float), default=1e-3, help="Adam learning rate")
         g.add_argument("--loss", default="mse", choices=list(TASK_LOSSES),
                        help="task loss against the HR image: mse (mean squared error) or l1 (mean absolute error, "
-                            "the better fine-tuning loss for a quantized model; see the README)")
+                            "the better fine-tuning loss for a quantized model; see docs/benchmarks/kd-quality.md)")
         g.add_argument("--compress", default=None, metavar="YAML",
                        help="compression schedule, e.g. schedules/sr/agp_prune.yaml (default: dense training)")
         add_kd_options(g, KD_EXAMPLE)

@@ -11,7 +11,7 @@ whose channel semantics are not known here is *blocked*: it is never removed.
 
 Torch-Pruning 1.6's DependencyGraph is not used: it treats PixelShuffle as element-wise, so a
 concat after a PixelShuffle gets wrong offsets and pruning the upsampler removes the skip
-branch's channels instead (see the README's thinning section).
+branch's channels instead (see docs/pruning-thinning.md, "Why torch.fx and not Torch-Pruning").
 """
 from __future__ import annotations
 
